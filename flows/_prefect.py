@@ -1,0 +1,307 @@
+"""Everything that knows Prefect's defaults lives here: how a work unit becomes a named
+task run, run settings, artifacts (published off the critical path), UI links, and a
+local Prefect server for runs that have no API configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import httpx
+from prefect import State, Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import TERMINAL_STATES
+from prefect.futures import PrefectConcurrentFuture
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_UI_URL,
+    temporary_settings,
+)
+from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.report import UnitResult
+
+R = TypeVar("R", bound=UnitResult)
+log = logging.getLogger(__name__)
+
+TASK_RUN_NAME = "p{unit.priority} {unit.name}"
+
+
+# --- run settings ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fast_flow_settings() -> Iterator[None]:
+    """Settings for in-process leader runs.
+
+    Each flow run ends by joining a heartbeat thread that sleeps in whole seconds (up to
+    1 s added to every run); heartbeats only matter for crash detection of deployment
+    runs, which keep Prefect's default.
+    """
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+def task_runner(max_workers: int) -> ThreadPoolTaskRunner[Any]:
+    """A bounded thread pool (Prefect's default one is unbounded)."""
+    return ThreadPoolTaskRunner(max_workers=max_workers)
+
+
+# --- work units as task runs ------------------------------------------------------------
+
+
+def _unit_state(result: UnitResult) -> State[Any]:
+    message = f"{result.name}: {result.status}"
+    if result.failed:
+        return Failed(message=message, data=result)
+    return Completed(message=message, data=result)
+
+
+def unit_task(work: Callable[..., R], name: str) -> Task[..., Any]:
+    """Wrap a plain `work(unit, worker) -> UnitResult` as a task named after its unit.
+
+    The task run ends Failed when the unit failed (so the UI shows it red) but still
+    carries the result; retries and timeouts are the work function's own business, so
+    attempts are counted exactly and the task is never retried twice.
+    """
+
+    def run_unit(unit: Any, worker: str) -> State[Any]:
+        return _unit_state(work(unit, worker))
+
+    run_unit.__name__ = run_unit.__qualname__ = name
+    return task(
+        name=name,
+        task_run_name=TASK_RUN_NAME,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+        retries=0,
+    )(run_unit)
+
+
+def submit_unit(
+    runner: ThreadPoolTaskRunner[Any], unit_task: Task[..., Any], unit: Any, worker: str
+) -> Future[Any]:
+    """Submit one unit; the returned future resolves to its UnitResult."""
+    prefect_future = runner.submit(unit_task, {"unit": unit, "worker": worker})
+    assert isinstance(prefect_future, PrefectConcurrentFuture)
+    result: Future[Any] = Future()
+
+    def resolve(done: Future[Any]) -> None:
+        try:
+            state: State[Any] = done.result()
+            result.set_result(state_result(state))
+        except BaseException as exc:
+            result.set_exception(exc)
+
+    prefect_future.wrapped_future.add_done_callback(resolve)
+    return result
+
+
+def state_result(state: State[Any]) -> Any:
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+# --- artifacts --------------------------------------------------------------------------
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes only."""
+    key = "-".join(parts).lower()
+    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", key)).strip("-")
+
+
+class ArtifactPublisher:
+    """Creates and updates artifacts of one flow run from a background thread.
+
+    API calls never sit on a worker's critical path: callers enqueue and return at once.
+    Progress updates are coalesced (only the newest value is sent). A failed call is
+    logged and dropped; artifacts must never fail the run.
+    """
+
+    def __init__(self, flow_run_id: UUID | None, client: SyncPrefectClient | None = None):
+        self.flow_run_id = flow_run_id
+        self._client = client
+        self._jobs: queue.SimpleQueue[Callable[[SyncPrefectClient], None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._progress_lock = threading.Lock()
+        self._progress: tuple[float, str] | None = None
+        self._progress_id: UUID | None = None
+        self._thread = threading.Thread(target=self._serve, name="artifacts", daemon=True)
+        self._thread.start()
+
+    def table(self, key: str, rows: list[dict[str, Any]], description: str) -> None:
+        self._create(key, "table", rows, description)
+
+    def markdown(self, key: str, markdown: str, description: str) -> None:
+        self._create(key, "markdown", markdown, description)
+
+    def start_progress(self, key: str, description: str) -> None:
+        def create(client: SyncPrefectClient) -> None:
+            self._progress_id = client.create_artifact(
+                ArtifactCreate(key=key, type="progress", data=0.0, description=description,
+                               flow_run_id=self.flow_run_id)
+            ).id  # fmt: skip
+
+        self._jobs.put(create)
+
+    def progress(self, percent: float, description: str) -> None:
+        with self._progress_lock:
+            pending = self._progress is not None
+            self._progress = (round(percent, 1), description)
+        if not pending:
+            self._jobs.put(self._send_progress)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send everything queued, then stop."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _send_progress(self, client: SyncPrefectClient) -> None:
+        with self._progress_lock:
+            latest, self._progress = self._progress, None
+        if latest is None or self._progress_id is None:
+            return
+        percent, description = latest
+        client.update_artifact(
+            self._progress_id, ArtifactUpdate(data=percent, description=description)
+        )
+
+    def _create(self, key: str, kind: str, data: Any, description: str) -> None:
+        payload = data if kind != "table" else _json_table(data)
+
+        def create(client: SyncPrefectClient) -> None:
+            client.create_artifact(
+                ArtifactCreate(key=key, type=kind, data=payload, description=description,
+                               flow_run_id=self.flow_run_id)
+            )  # fmt: skip
+
+        self._jobs.put(create)
+
+    def _serve(self) -> None:
+        with contextlib.ExitStack() as stack:
+            client = self._client or stack.enter_context(get_client(sync_client=True))
+            while (job := self._jobs.get()) is not None:
+                try:
+                    job(client)
+                except Exception as exc:
+                    log.warning("could not publish an artifact: %s", exc)
+
+
+def _json_table(rows: list[dict[str, Any]]) -> str:
+    import json
+
+    return json.dumps(rows, default=str)
+
+
+# --- the server -------------------------------------------------------------------------
+
+
+def flow_run_url(flow_run_id: UUID | str | None) -> str | None:
+    ui = PREFECT_UI_URL.value()
+    if not ui or not flow_run_id:
+        return None
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def api_configured() -> bool:
+    return bool(PREFECT_API_URL.value())
+
+
+@contextlib.contextmanager
+def local_server(startup_timeout: float = 120.0) -> Iterator[str]:
+    """Start `prefect server start` (UI included) on a free loopback port for this process.
+
+    Used when no PREFECT_API_URL is configured. Unlike Prefect's ephemeral server, it is
+    stopped only after everything this process sent has been recorded (see
+    `wait_until_recorded`), so no task run or artifact is lost at exit. History lives in
+    PREFECT_HOME's database, so `prefect server start` shows it later.
+    """
+    port = _free_port()
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
+    log_file = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / "server.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as server_log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=server_log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_api(f"{url}/api", startup_timeout, process)
+        with temporary_settings(updates={PREFECT_API_URL: f"{url}/api", PREFECT_UI_URL: url}):
+            yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for_api(api_url: str, timeout: float, process: subprocess.Popen[bytes] | None = None):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"the Prefect server at {api_url} did not answer within {timeout:.0f}s")
+
+
+def wait_until_recorded(flow_run_id: UUID, expected_task_runs: int, timeout: float = 30) -> bool:
+    """Flush this process's events and logs, then wait until the server has recorded every
+    task run of the flow run. True when all were recorded in time."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all(timeout=timeout)
+    APILogWorker.drain_all(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    body = {
+        "flow_runs": FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])).model_dump(
+            mode="json", exclude_unset=True
+        ),
+        "task_runs": {"state": {"type": {"any_": [t.value for t in TERMINAL_STATES]}}},
+    }
+    with get_client(sync_client=True) as client:
+        while True:
+            recorded = client.request("POST", "/task_runs/count", json=body).json()
+            if recorded >= expected_task_runs:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

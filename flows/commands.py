@@ -1,0 +1,155 @@
+"""Run one command the safe way: argv list or explicit shell, a working directory, a
+timeout that kills the whole process group, output to a log file, exact timings.
+
+The child gets its own session (process group). The parent blocks in `os.waitpid`, which
+returns the instant the child exits (Popen.wait with a timeout polls, adding latency). A
+timer thread enforces the timeout: SIGTERM to the group, then SIGKILL after a grace
+period. Stragglers left in the group after the main child exits are killed too, so
+nothing a task started outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flows.rss import RssSampler
+
+KILL_GRACE_SECONDS = 3.0
+TAIL_BYTES = 4096
+TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    exit_code: int | None  # None when the command could not start
+    timed_out: bool
+    started_at: datetime
+    ended_at: datetime
+    peak_rss_mb: float | None  # None when not sampled
+    error: str | None = None  # why the command could not start
+
+    @property
+    def duration_s(self) -> float:
+        return (self.ended_at - self.started_at).total_seconds()
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def to_argv(command: str | Sequence[str]) -> list[str]:
+    """A string runs through /bin/sh -c (as in CI configs); a list runs as-is."""
+    return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+
+
+def run_command(
+    command: str | Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    log_path: Path,
+    kill_grace: float = KILL_GRACE_SECONDS,
+    rss: RssSampler | None = None,
+) -> CommandOutcome:
+    """Run `command` in `cwd`, appending its stdout and stderr to `log_path`.
+
+    With an `rss` sampler, the peak RSS of the command's whole process tree is measured.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        started_at = _now()
+        try:
+            process = subprocess.Popen(
+                to_argv(command),
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            message = f"cannot start command: {exc.strerror or exc}"
+            log.write(f"{message}\n".encode())
+            return CommandOutcome(None, False, started_at, _now(), None, message)
+    if rss is not None:
+        rss.watch(process.pid)
+    watchdog = _Watchdog(process.pid, timeout, kill_grace)
+    try:
+        _, status = os.waitpid(process.pid, 0)
+    finally:
+        watchdog.child_exited()
+    peak_rss_mb = rss.release(process.pid) if rss is not None else None
+    ended_at = _now()
+    exit_code = os.waitstatus_to_exitcode(status)
+    process.returncode = exit_code  # reaped here: tell Popen so it does not wait again
+    _kill_group(process.pid, signal.SIGKILL)  # stragglers
+    if watchdog.fired:
+        with log_path.open("ab") as log:
+            log.write(f"\n[timed out after {timeout:g}s: process group killed]\n".encode())
+    return CommandOutcome(
+        exit_code=exit_code,
+        timed_out=watchdog.fired,
+        started_at=started_at,
+        ended_at=ended_at,
+        peak_rss_mb=peak_rss_mb,
+    )
+
+
+def read_tail(path: Path, max_bytes: int = TAIL_BYTES, max_lines: int = TAIL_LINES) -> str:
+    """The last lines of a log file, decoded leniently."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first line was probably cut in half
+    return "\n".join(lines[-max_lines:])
+
+
+class _Watchdog:
+    """Kills the child's process group if it outlives its timeout."""
+
+    def __init__(self, pid: int, timeout: float, grace: float) -> None:
+        self._pid = pid
+        self._grace = grace
+        self._exited = threading.Event()
+        self.fired = False
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        if self._exited.is_set():
+            return
+        self.fired = True
+        _kill_group(self._pid, signal.SIGTERM)
+        if not self._exited.wait(self._grace):
+            _kill_group(self._pid, signal.SIGKILL)
+
+    def child_exited(self) -> None:
+        self._exited.set()
+        self._timer.cancel()
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

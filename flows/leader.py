@@ -1,0 +1,211 @@
+"""The generic leader: matrix -> setup -> tiers of mapped workers -> report.
+
+Both jobs are this pattern; only the work unit differs (a shell command, or an issue for
+an agent). `lead` runs inside a Prefect flow run: the setup and every unit are task runs
+named after their matrix entry, the scheduler bounds parallelism with worker slots, and
+artifacts (tier tables, live progress, the markdown report) are published on the way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Generic
+
+from prefect import State, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.states import Completed, Failed
+
+from flows import _prefect
+from flows.report import (
+    Report,
+    SetupSummary,
+    TierTiming,
+    UnitResult,
+    render_markdown,
+    summarize,
+    task_row,
+    write_report,
+)
+from flows.scheduler import Observer, R, Scheduler, Tier, U, WorkUnit
+
+
+@dataclass
+class LeaderPlan(Generic[U, R]):
+    """What to run and how; the functions are plain and know nothing of Prefect."""
+
+    kind: str
+    name: str
+    tiers: list[Tier[U]]
+    work: Callable[[U, str], R]
+    skipped: Callable[[U, str], R]
+    crashed: Callable[[U, str, BaseException], R]
+    max_parallel: int
+    report_dir: Path
+    fail_fast: bool = False
+    setup: Callable[[], SetupSummary] | None = None
+    describe: Callable[[U], str] = field(default=lambda unit: "")
+
+    @property
+    def units(self) -> list[U]:
+        return [unit for tier in self.tiers for unit in tier.units]
+
+
+_observers: ContextVar[tuple[Observer, ...]] = ContextVar("leader_observers", default=())
+
+
+@contextmanager
+def observing(*observers: Observer) -> Iterator[None]:
+    """Watch the units of leader runs started inside this block (e.g. a terminal table).
+
+    A context variable rather than a flow parameter: observers are live objects, not data
+    a deployment could be given.
+    """
+    token = _observers.set(_observers.get() + observers)
+    try:
+        yield
+    finally:
+        _observers.reset(token)
+
+
+def lead(plan: LeaderPlan[U, R]) -> Report:
+    """Run a plan inside the current flow run and return its report."""
+    observers = _observers.get()
+    flow_run = FlowRunContext.get()
+    flow_run_id = flow_run.flow_run.id if flow_run and flow_run.flow_run else None
+    started_at = datetime.now(UTC)
+    clock = time.perf_counter()
+    publisher = _prefect.ArtifactPublisher(flow_run_id)
+    progress = _Progress(plan, publisher)
+    try:
+        setup = _run_setup(plan.setup)
+        if setup.status == "failed":
+            results = [plan.skipped(unit, "setup failed") for unit in plan.units]
+            timings: list[TierTiming] = []
+            for result in results:
+                for observer in observers:
+                    observer.unit_finished(result)
+        else:
+            results, timings = _run_tiers(plan, [progress, *observers])
+        ended_at = datetime.now(UTC)
+        wall_s = time.perf_counter() - clock
+        report = Report(
+            kind=plan.kind,
+            name=plan.name,
+            flow_run_id=str(flow_run_id) if flow_run_id else None,
+            started_at=started_at,
+            ended_at=ended_at,
+            wall_s=round(wall_s, 3),
+            summary=summarize(results, timings, wall_s),
+            setup=setup,
+            tiers=timings,
+            tasks=results,
+        )
+        write_report(report, plan.report_dir)
+        _publish_tables(plan, report, publisher)
+        publisher.markdown(
+            _prefect.artifact_key(plan.kind, plan.name, "report"),
+            render_markdown(report),
+            f"{plan.kind} report: {plan.name}",
+        )
+        return report
+    finally:
+        publisher.close()
+
+
+def report_state(report: Report) -> State[Any]:
+    """The flow's final state follows the report (a returned Failed marks the run red)."""
+    s = report.summary
+    message = f"{s.succeeded}/{s.total} succeeded, {s.failed + s.timed_out} failed"
+    if report.setup.status == "failed":
+        return Failed(message="setup failed", data=report)
+    return (
+        Completed(message=message, data=report)
+        if report.ok
+        else Failed(message=message, data=report)
+    )
+
+
+def _run_setup(setup: Callable[[], SetupSummary] | None) -> SetupSummary:
+    if setup is None:
+        return SetupSummary(cache_hit=False, duration_s=0.0, status="none")
+
+    def run_setup() -> State[Any]:
+        summary = setup()
+        if summary.status == "failed":
+            return Failed(message="setup failed", data=summary)
+        if summary.cache_hit:
+            return Completed(name="Cached", message=f"cache hit {summary.key}", data=summary)
+        return Completed(message=f"installed, cache {summary.key}", data=summary)
+
+    setup_task = task(
+        name="setup", task_run_name="setup", cache_policy=NO_CACHE, persist_result=False
+    )(run_setup)
+    state = setup_task(return_state=True)
+    result = _prefect.state_result(state)
+    assert isinstance(result, SetupSummary)
+    return result
+
+
+def _run_tiers(
+    plan: LeaderPlan[U, R], observers: Sequence[Observer]
+) -> tuple[list[R], list[TierTiming]]:
+    worker_task = _prefect.unit_task(plan.work, f"{plan.kind}-worker")
+    with _prefect.task_runner(plan.max_parallel) as runner:
+        scheduler: Scheduler[U, R] = Scheduler(
+            submit=lambda unit, worker: _prefect.submit_unit(runner, worker_task, unit, worker),
+            skipped=plan.skipped,
+            crashed=plan.crashed,
+            max_parallel=plan.max_parallel,
+            fail_fast=plan.fail_fast,
+            observers=observers,
+        )
+        return scheduler.run(plan.tiers)
+
+
+def _publish_tables(
+    plan: LeaderPlan[U, R], report: Report, publisher: _prefect.ArtifactPublisher
+) -> None:
+    units = {unit.name: unit for unit in plan.units}
+    for tier in plan.tiers:
+        rows = [
+            task_row(result, plan.describe(units[result.name]))
+            for result in report.tasks
+            if result.priority == tier.priority
+        ]
+        publisher.table(
+            _prefect.artifact_key(plan.kind, plan.name, f"tier-{tier.priority}"),
+            rows,
+            f"Tier {tier.priority} ({tier.name}) of {plan.name}",
+        )
+
+
+class _Progress:
+    """Keeps the live progress artifact up to date as units finish."""
+
+    def __init__(self, plan: LeaderPlan[Any, Any], publisher: _prefect.ArtifactPublisher):
+        self._total = len(plan.units)
+        self._done = 0
+        self._lock = threading.Lock()  # units finish on many worker threads
+        self._publisher = publisher
+        publisher.start_progress(
+            _prefect.artifact_key(plan.kind, plan.name, "progress"),
+            f"0/{self._total} done",
+        )
+
+    def unit_started(self, unit: WorkUnit, worker: str) -> None:
+        pass
+
+    def unit_finished(self, result: UnitResult) -> None:
+        with self._lock:
+            self._done += 1
+            done = self._done
+        percent = 100.0 * done / self._total if self._total else 100.0
+        self._publisher.progress(percent, f"{done}/{self._total} done, last: {result.name}")

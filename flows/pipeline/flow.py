@@ -1,0 +1,80 @@
+"""The pipeline flow: a YAML config of CI tasks run by the generic leader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import State, flow, runtime
+
+from flows.config import load_config
+from flows.leader import LeaderPlan, lead, report_state
+from flows.pipeline.matrix import Matrix, TaskSpec, build_matrix
+from flows.pipeline.setup import cache_env, plan_setup, run_setup
+from flows.pipeline.worker import WorkerContext, crashed_result, run_task, skipped_result
+from flows.report import UnitResult
+from flows.rss import RssSampler
+
+
+def default_report_dir(workdir: Path) -> Path:
+    return workdir / ".pipeline" / "report"
+
+
+def pipeline_plan(
+    config_path: Path,
+    report_dir: Path | None = None,
+    max_parallel: int | None = None,
+    cache_root: Path | None = None,
+) -> tuple[Matrix, LeaderPlan[TaskSpec, UnitResult]]:
+    """Validate a config and turn it into a leader plan; raises ConfigError."""
+    config = load_config(config_path)
+    matrix = build_matrix(config, config_path, max_parallel)
+    setup = plan_setup(config, config_path, matrix.workdir, cache_root)
+    report_dir = (report_dir or default_report_dir(matrix.workdir)).resolve()
+    ctx = WorkerContext(
+        workdir=matrix.workdir,
+        env=cache_env(setup, os.environ),
+        report_dir=report_dir,
+        rss=RssSampler(),
+    )
+    plan: LeaderPlan[TaskSpec, UnitResult] = LeaderPlan(
+        kind="pipeline",
+        name=matrix.name,
+        tiers=matrix.tiers,
+        work=lambda spec, worker: run_task(spec, worker, ctx),
+        skipped=skipped_result,
+        crashed=crashed_result,
+        max_parallel=matrix.max_parallel,
+        report_dir=report_dir,
+        fail_fast=matrix.fail_fast,
+        setup=(
+            (lambda: run_setup(setup, matrix.workdir, ctx.env, ctx.log_dir / "setup.log"))
+            if setup
+            else None
+        ),
+        describe=lambda spec: spec.command_text,
+    )
+    return matrix, plan
+
+
+def _run_name() -> str:
+    config_path = runtime.flow_run.parameters.get("config_path", "pipeline")
+    return Path(str(config_path)).stem
+
+
+@flow(name="pipeline", flow_run_name=_run_name, validate_parameters=True)
+def pipeline(
+    config_path: str,
+    report_dir: str | None = None,
+    max_parallel: int | None = None,
+    cache_root: str | None = None,
+) -> State[Any]:
+    """Run a pipeline config: setup once (cached), then its tiers, then the report."""
+    _, plan = pipeline_plan(
+        Path(config_path),
+        Path(report_dir) if report_dir else None,
+        max_parallel,
+        Path(cache_root) if cache_root else None,
+    )
+    return report_state(lead(plan))

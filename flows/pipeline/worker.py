@@ -1,0 +1,134 @@
+"""A pipeline worker: run one matrix task with retries, then collect its artifacts."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flows.commands import CommandOutcome, read_tail, run_command
+from flows.pipeline.matrix import TaskSpec
+from flows.report import ArtifactFile, Status, UnitResult
+from flows.rss import RssSampler
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What every worker of one run shares."""
+
+    workdir: Path
+    env: Mapping[str, str]
+    report_dir: Path
+    rss: RssSampler | None = None
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.report_dir / "logs"
+
+
+def run_task(spec: TaskSpec, worker: str, ctx: WorkerContext) -> UnitResult:
+    """Run `spec` up to 1 + retries times, waiting retry_delay (doubling) in between."""
+    log_path = ctx.log_dir / f"{spec.name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    attempts = spec.retries + 1
+    delay = spec.retry_delay
+    outcomes: list[CommandOutcome] = []
+    for attempt in range(1, attempts + 1):
+        _log(
+            log_path,
+            f"── {spec.name} attempt {attempt}/{attempts} on {worker}: {spec.command_text}",
+        )
+        env = {**ctx.env, **spec.env, "PIPELINE_TASK": spec.name, "PIPELINE_WORKER": worker,
+               "PIPELINE_ATTEMPT": str(attempt)}  # fmt: skip
+        outcome = run_command(
+            spec.run,
+            cwd=ctx.workdir,
+            env=env,
+            timeout=spec.timeout,
+            log_path=log_path,
+            rss=ctx.rss,
+        )
+        outcomes.append(outcome)
+        status = _status(spec, outcome)
+        if status != "failed" and status != "timed_out":
+            break
+        if attempt < attempts:
+            _log(log_path, f"── {status.replace('_', ' ')}; retrying in {delay:g}s")
+            ctx.sleep(delay)
+            delay *= 2
+    artifacts: list[ArtifactFile] = []
+    if status == "succeeded" and spec.artifacts:
+        artifacts, missing = collect_artifacts(spec, ctx)
+        if missing:
+            _log(log_path, f"── artifact pattern(s) matched no file: {', '.join(missing)}")
+            status = "failed"
+    return UnitResult(
+        name=spec.name,
+        priority=spec.priority,
+        status=status,
+        attempts=len(outcomes),
+        started_at=outcomes[0].started_at,
+        ended_at=outcomes[-1].ended_at,
+        duration_s=round((outcomes[-1].ended_at - outcomes[0].started_at).total_seconds(), 4),
+        exit_code=outcomes[-1].exit_code,
+        worker=worker,
+        peak_rss_mb=max((o.peak_rss_mb or 0.0 for o in outcomes), default=None),
+        artifacts=artifacts,
+        log_tail=read_tail(log_path),
+    )
+
+
+def collect_artifacts(spec: TaskSpec, ctx: WorkerContext) -> tuple[list[ArtifactFile], list[str]]:
+    """Copy files matching the task's globs into <report_dir>/artifacts/<task>/."""
+    collected: list[ArtifactFile] = []
+    missing: list[str] = []
+    target_root = ctx.report_dir / "artifacts" / spec.name
+    for pattern in spec.artifacts:
+        matches = sorted(p for p in ctx.workdir.glob(pattern) if p.is_file())
+        if not matches:
+            missing.append(pattern)
+        for source in matches:
+            target = target_root / source.relative_to(ctx.workdir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            collected.append(
+                ArtifactFile(
+                    path=str(target.relative_to(ctx.report_dir)), bytes=target.stat().st_size
+                )
+            )
+    return collected, missing
+
+
+def skipped_result(spec: TaskSpec, reason: str) -> UnitResult:
+    return UnitResult(
+        name=spec.name, priority=spec.priority, status="skipped", log_tail=f"skipped: {reason}"
+    )
+
+
+def crashed_result(spec: TaskSpec, worker: str, error: BaseException) -> UnitResult:
+    return UnitResult(
+        name=spec.name,
+        priority=spec.priority,
+        status="failed",
+        worker=worker,
+        log_tail=f"worker crashed: {error.__class__.__name__}: {error}",
+    )
+
+
+def _status(spec: TaskSpec, outcome: CommandOutcome) -> Status:
+    if outcome.timed_out:
+        return "timed_out"
+    if outcome.exit_code == 0:
+        return "succeeded"
+    if outcome.exit_code in spec.skip_exit_codes:
+        return "skipped"
+    return "failed"
+
+
+def _log(path: Path, line: str) -> None:
+    with path.open("a", encoding="utf-8") as log:
+        log.write(line + "\n")
