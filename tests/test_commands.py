@@ -1,0 +1,90 @@
+"""The command runner: exit codes, logs, timeouts that kill the whole process group."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from flows.commands import read_tail, run_command
+from flows.rss import RssSampler
+from tests.conftest import wait_until_gone
+
+
+def test_shell_string_and_argv(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    shell = run_command("echo $((2+3)); exit 4", cwd=tmp_path, env=os.environ, timeout=10,
+                        log_path=log)  # fmt: skip
+    argv = run_command(["echo", "$HOME"], cwd=tmp_path, env=os.environ, timeout=10, log_path=log)
+    assert shell.exit_code == 4 and not shell.ok
+    assert argv.ok
+    assert read_tail(log).splitlines() == ["5", "$HOME"]
+
+
+def test_runs_in_cwd_with_env(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    outcome = run_command("pwd; echo $GREETING", cwd=tmp_path, env={"GREETING": "hi",
+                          "PATH": os.environ["PATH"]}, timeout=10, log_path=log)  # fmt: skip
+    assert outcome.ok
+    assert read_tail(log).splitlines() == [str(tmp_path), "hi"]
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    started = time.monotonic()
+    outcome = run_command(
+        f"sleep 300 & echo $! > {pid_file}; wait",
+        cwd=tmp_path, env=os.environ, timeout=0.5, log_path=tmp_path / "log",
+    )  # fmt: skip
+    assert outcome.timed_out and not outcome.ok
+    assert time.monotonic() - started < 5
+    assert wait_until_gone(int(pid_file.read_text()))
+    assert "timed out after 0.5s" in read_tail(tmp_path / "log")
+
+
+def test_term_ignoring_process_is_killed_after_grace(tmp_path: Path) -> None:
+    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    started = time.monotonic()
+    outcome = run_command([sys.executable, "-c", script], cwd=tmp_path, env=os.environ,
+                          timeout=0.3, log_path=tmp_path / "log", kill_grace=0.5)  # fmt: skip
+    assert outcome.timed_out
+    assert time.monotonic() - started < 5
+
+
+def test_stragglers_are_killed_when_the_command_exits(tmp_path: Path) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    outcome = run_command(f"sleep 300 & echo $! > {pid_file}", cwd=tmp_path, env=os.environ,
+                          timeout=10, log_path=tmp_path / "log")  # fmt: skip
+    assert outcome.ok
+    assert wait_until_gone(int(pid_file.read_text()))
+
+
+def test_missing_executable_is_reported_not_raised(tmp_path: Path) -> None:
+    outcome = run_command(["/nonexistent/tool"], cwd=tmp_path, env=os.environ, timeout=5,
+                          log_path=tmp_path / "log")  # fmt: skip
+    assert outcome.exit_code is None and not outcome.ok
+    assert outcome.error and "cannot start command" in outcome.error
+
+
+def test_timings_are_real(tmp_path: Path) -> None:
+    outcome = run_command("sleep 0.3", cwd=tmp_path, env=os.environ, timeout=5,
+                          log_path=tmp_path / "log")  # fmt: skip
+    assert 0.29 <= outcome.duration_s < 1.5
+
+
+def test_peak_rss_of_the_process_tree(tmp_path: Path) -> None:
+    grow = "b = bytearray(120 * 1024 * 1024); import time; time.sleep(0.8)"
+    outcome = run_command(
+        f"{sys.executable} -c '{grow}'", cwd=tmp_path, env=os.environ, timeout=20,
+        log_path=tmp_path / "log", rss=RssSampler(interval=0.05),
+    )  # fmt: skip
+    assert outcome.ok
+    assert outcome.peak_rss_mb is not None and 120 <= outcome.peak_rss_mb < 400
+
+
+def test_read_tail_limits_lines(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert read_tail(log, max_lines=3).splitlines() == ["line 97", "line 98", "line 99"]
+    assert read_tail(tmp_path / "missing") == ""

@@ -1,0 +1,263 @@
+"""The pipeline flow on a real Prefect server, running real commands in temporary repos."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows._prefect import state_result
+from flows.pipeline.flow import pipeline
+from flows.report import Report, UnitResult
+from tests.conftest import REPO, wait_until_gone, write_config
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def run_pipeline(config: Path, tmp_path: Path, **kwargs: Any) -> Report:
+    state = pipeline(
+        config_path=str(config),
+        report_dir=str(tmp_path / "report"),
+        cache_root=str(tmp_path / "cache"),
+        return_state=True,
+        **kwargs,
+    )
+    report = state_result(state)
+    assert isinstance(report, Report)
+    assert state.is_failed() == (not report.ok)
+    return report
+
+
+def by_name(report: Report) -> dict[str, UnitResult]:
+    return {task.name: task for task in report.tasks}
+
+
+def times(task: UnitResult) -> tuple[datetime, datetime]:
+    assert task.started_at and task.ended_at
+    return task.started_at, task.ended_at
+
+
+def test_tier_order_and_max_parallel_from_real_times(tmp_path: Path) -> None:
+    tasks = "\n".join(
+        f'  - {{name: t{p}-{i}, priority: {p}, run: "sleep 0.3"}}'
+        for p in (1, 2) for i in range(5)
+    )  # fmt: skip
+    config = write_config(tmp_path, f"name: order\nscaling: {{max_parallel: 2}}\ntasks:\n{tasks}\n")
+    report = run_pipeline(config, tmp_path)
+    assert report.ok and report.summary.succeeded == 10
+    tier1 = [t for t in report.tasks if t.priority == 1]
+    tier2 = [t for t in report.tasks if t.priority == 2]
+    assert min(times(t)[0] for t in tier2) >= max(times(t)[1] for t in tier1)
+    events = sorted(
+        [(times(t)[0], 1) for t in report.tasks] + [(times(t)[1], -1) for t in report.tasks]
+    )
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 2
+    assert {t.worker for t in report.tasks} == {"worker-01", "worker-02"}
+    assert 1.5 <= report.summary.speedup <= 2.0
+
+
+def test_failures_timeouts_and_retries(tmp_path: Path) -> None:
+    flaky_marker = tmp_path / "flaky-ran-once"
+    pid_file = tmp_path / "hang.pid"
+    config = write_config(
+        tmp_path,
+        f"""
+        name: mixed
+        defaults: {{retry_delay: 0.1}}
+        tasks:
+          - {{name: broken, priority: 1, run: "echo nope >&2; exit 3"}}
+          - {{name: flaky, priority: 1, retries: 1,
+              run: "test -f {flaky_marker} || {{ touch {flaky_marker}; exit 1; }}"}}
+          - {{name: hang, priority: 1, timeout: 0.5, run: "sleep 300 & echo $! > {pid_file}; wait"}}
+          - {{name: sibling, priority: 1, run: "sleep 0.2"}}
+          - {{name: next-tier, priority: 2, run: "true"}}
+          - {{name: offline, priority: 2, run: "exit 77", skip_exit_codes: [77]}}
+        """,
+    )
+    report = run_pipeline(config, tmp_path)
+    tasks = by_name(report)
+    assert not report.ok
+    assert tasks["broken"].status == "failed" and tasks["broken"].exit_code == 3
+    assert "nope" in tasks["broken"].log_tail
+    assert tasks["flaky"].status == "succeeded" and tasks["flaky"].attempts == 2
+    assert tasks["hang"].status == "timed_out"
+    assert wait_until_gone(int(pid_file.read_text()))
+    assert tasks["sibling"].status == "succeeded"
+    assert tasks["next-tier"].status == "succeeded"
+    assert tasks["offline"].status == "skipped" and tasks["offline"].exit_code == 77
+    summary = report.summary
+    assert (summary.total, summary.succeeded, summary.failed, summary.timed_out, summary.skipped) \
+        == (6, 3, 1, 1, 1)  # fmt: skip
+
+
+def test_fail_fast_stops_scheduling(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        """
+        name: fast
+        fail_fast: true
+        scaling: {max_parallel: 1}
+        tasks:
+          - {name: first, priority: 1, run: "exit 1"}
+          - {name: second, priority: 1, run: "true"}
+          - {name: later, priority: 2, run: "true"}
+        """,
+    )
+    tasks = by_name(run_pipeline(config, tmp_path))
+    assert tasks["first"].status == "failed"
+    assert tasks["second"].status == "skipped" and tasks["second"].attempts == 0
+    assert tasks["later"].status == "skipped"
+
+
+def test_setup_cache_hit_and_miss(tmp_path: Path) -> None:
+    (tmp_path / "deps.lock").write_text("a==1\n")
+    runs = tmp_path / "setup-runs"
+    config = write_config(
+        tmp_path,
+        f"""
+        name: cached
+        setup:
+          run: ["echo run >> {runs}", "mkdir -p $PIPELINE_CACHE_DIR/bin",
+                "printf '#!/bin/sh\\necho tool-from-cache\\n' > $PIPELINE_CACHE_DIR/bin/tool",
+                "chmod +x $PIPELINE_CACHE_DIR/bin/tool"]
+          cache_key_files: [deps.lock]
+          path: [bin]
+        tasks:
+          - {{name: use-tool, priority: 1, run: "tool"}}
+          - {{name: use-dir, priority: 1, run: "test -x $PIPELINE_CACHE_DIR/bin/tool"}}
+        """,
+    )
+    first = run_pipeline(config, tmp_path)
+    second = run_pipeline(config, tmp_path)
+    assert first.ok and second.ok
+    assert (first.setup.cache_hit, second.setup.cache_hit) == (False, True)
+    assert runs.read_text().count("run") == 1
+    assert "tool-from-cache" in by_name(second)["use-tool"].log_tail
+    (tmp_path / "deps.lock").write_text("a==2\n")
+    third = run_pipeline(config, tmp_path)
+    assert not third.setup.cache_hit and third.setup.key != first.setup.key
+    assert runs.read_text().count("run") == 2
+
+
+def test_failed_setup_runs_nothing_and_is_retried_next_time(tmp_path: Path) -> None:
+    marker = tmp_path / "task-ran"
+    flag = tmp_path / "setup-may-pass"
+    config = write_config(
+        tmp_path,
+        f"""
+        name: badsetup
+        setup: {{run: ["test -f {flag}"]}}
+        tasks: [{{name: a, priority: 1, run: "touch {marker}"}}]
+        """,
+    )
+    report = run_pipeline(config, tmp_path)
+    assert report.setup.status == "failed" and not report.ok
+    assert by_name(report)["a"].status == "skipped"
+    assert not marker.exists()
+    flag.touch()
+    again = run_pipeline(config, tmp_path)
+    assert again.ok and not again.setup.cache_hit and marker.exists()
+
+
+def test_report_files_artifacts_and_task_run_names(tmp_path: Path) -> None:
+    (tmp_path / "dist").mkdir()
+    config = write_config(
+        tmp_path,
+        """
+        name: reported
+        tiers: {1: quality, 2: build}
+        tasks:
+          - {name: lint, priority: 1, run: "echo linted"}
+          - {name: bad, priority: 1, run: "exit 2"}
+          - {name: build, priority: 2, run: "echo wheel > dist/app.whl", artifacts: ["dist/*.whl"]}
+          - {name: no-output, priority: 2, run: "true", artifacts: ["dist/*.tar.gz"]}
+        """,
+    )
+    report = run_pipeline(config, tmp_path)
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["kind"] == "pipeline" and data["name"] == "reported"
+    assert data["flow_run_id"] == report.flow_run_id
+    assert set(data["summary"]) >= {
+        "total",
+        "succeeded",
+        "failed",
+        "timed_out",
+        "skipped",
+        "success_rate",
+        "throughput_per_min",
+        "speedup",
+        "efficiency",
+    }
+    assert set(data["setup"]) >= {"cache_hit", "duration_s"}
+    build = next(t for t in data["tasks"] if t["name"] == "build")
+    assert set(build) >= {"name", "priority", "status", "attempts", "started_at", "ended_at",
+                          "duration_s", "exit_code", "worker", "peak_rss_mb", "artifacts",
+                          "log_tail"}  # fmt: skip
+    assert build["artifacts"] == [{"path": "artifacts/build/dist/app.whl", "bytes": 6}]
+    assert (tmp_path / "report" / build["artifacts"][0]["path"]).read_text() == "wheel\n"
+    no_output = next(t for t in data["tasks"] if t["name"] == "no-output")
+    assert no_output["status"] == "failed" and "matched no file" in no_output["log_tail"]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Tier 1: quality" in markdown and "### bad (failed)" in markdown
+
+    with get_client(sync_client=True) as client:
+        flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[report.flow_run_id]))
+        flow_run = client.read_flow_run(report.flow_run_id)  # type: ignore[arg-type]
+        assert flow_run.state and flow_run.state.is_failed()
+        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=flow_runs)}
+        deadline = time.monotonic() + 20
+        names: set[str] = set()
+        while time.monotonic() < deadline:
+            names = {t.name for t in client.read_task_runs(flow_run_filter=flow_runs)}
+            if len(names) == 4:
+                break
+            time.sleep(0.2)
+    assert names == {"p1 lint", "p1 bad", "p2 build", "p2 no-output"}
+    assert {"pipeline-reported-tier-1", "pipeline-reported-tier-2", "pipeline-reported-report",
+            "pipeline-reported-progress"} <= set(artifacts)  # fmt: skip
+    tier1 = json.loads(artifacts["pipeline-reported-tier-1"].data)  # type: ignore[arg-type]
+    assert {row["task"] for row in tier1} == {"lint", "bad"}
+    assert any(row.get("command") == "exit 2" for row in tier1)
+    assert artifacts["pipeline-reported-progress"].data == 100.0
+    assert "# Pipeline report: reported" in str(artifacts["pipeline-reported-report"].data)
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.deploy", *args], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_exit_codes_and_dry_run(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    marker = tmp_path / "ran"
+    good = write_config(
+        tmp_path,
+        f'name: good\ntasks: [{{name: a, priority: 1, run: "touch {marker}"}}]\n',
+        "good.yml",
+    )
+    bad = write_config(
+        tmp_path, 'name: bad\ntasks: [{name: a, priority: 1, run: "exit 1"}]\n', "bad.yml"
+    )
+    dry = _cli(["pipeline", "--config", str(good), "--dry-run"], cli_env)
+    assert dry.returncode == 0 and "Tier 1 (priority-1): 1 tasks on 1 worker slots" in dry.stdout
+    assert not marker.exists()
+    ok = _cli(["pipeline", "--config", str(good), "--report-dir", str(tmp_path / "r1")], cli_env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert marker.exists() and (tmp_path / "r1" / "report.json").exists()
+    assert "Prefect UI: http://127.0.0.1:" in ok.stdout
+    failed = _cli(["pipeline", "--config", str(bad), "--report-dir", str(tmp_path / "r2")], cli_env)
+    assert failed.returncode == 1
+    assert "❌ p1 a" in failed.stdout

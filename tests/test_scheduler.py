@@ -1,0 +1,140 @@
+"""The shared scheduler, driven by a plain thread pool (no Prefect)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flows.report import UnitResult
+from flows.scheduler import Scheduler, build_tiers
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    priority: int
+    seconds: float = 0.05
+    fails: bool = False
+    crashes: bool = False
+    continue_on_error: bool = True
+
+
+def work(unit: Unit, worker: str) -> UnitResult:
+    if unit.crashes:
+        raise RuntimeError("boom")
+    started = datetime.now(UTC)
+    time.sleep(unit.seconds)
+    return UnitResult(
+        name=unit.name, priority=unit.priority, status="failed" if unit.fails else "succeeded",
+        attempts=1, started_at=started, ended_at=datetime.now(UTC), duration_s=unit.seconds,
+        worker=worker,
+    )  # fmt: skip
+
+
+def run(units: list[Unit], max_parallel: int, fail_fast: bool = False) -> list[UnitResult]:
+    with ThreadPoolExecutor(max_workers=max_parallel) as pool:
+        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+            submit=lambda unit, worker: pool.submit(work, unit, worker),
+            skipped=lambda u, reason: UnitResult(name=u.name, priority=u.priority,
+                                                 status="skipped", log_tail=reason),
+            crashed=lambda u, w, exc: UnitResult(name=u.name, priority=u.priority,
+                                                 status="failed", worker=w, log_tail=str(exc)),
+            max_parallel=max_parallel,
+            fail_fast=fail_fast,
+        )  # fmt: skip
+        results, _ = scheduler.run(build_tiers(units))
+    return results
+
+
+def test_tiers_run_in_priority_order() -> None:
+    units = [Unit(f"t{p}-{i}", p, 0.05 * (i + 1)) for p in (3, 1, 2) for i in range(3)]
+    results = run(units, max_parallel=5)
+    assert [r.name for r in results][:3] == ["t1-0", "t1-1", "t1-2"]
+    by_tier = {p: [r for r in results if r.priority == p] for p in (1, 2, 3)}
+    for earlier, later in ((1, 2), (2, 3)):
+        last_end = max(r.ended_at for r in by_tier[earlier] if r.ended_at)
+        first_start = min(r.started_at for r in by_tier[later] if r.started_at)
+        assert first_start >= last_end
+
+
+def test_never_more_than_max_parallel_and_slots_unique() -> None:
+    running: set[str] = set()
+    peak = 0
+    lock = threading.Lock()
+
+    class Watch:
+        def unit_started(self, unit: Unit, worker: str) -> None:
+            nonlocal peak
+            with lock:
+                assert worker not in running  # a slot is never shared
+                running.add(worker)
+                peak = max(peak, len(running))
+
+        def unit_finished(self, result: UnitResult) -> None:
+            with lock:
+                running.discard(result.worker or "")
+
+    units = [Unit(f"u{i}", 1, 0.02) for i in range(40)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+            submit=lambda unit, worker: pool.submit(work, unit, worker),
+            skipped=lambda u, r: UnitResult(name=u.name, priority=1, status="skipped"),
+            crashed=lambda u, w, e: UnitResult(name=u.name, priority=1, status="failed"),
+            max_parallel=3,
+            observers=[Watch()],
+        )
+        results, timings = scheduler.run(build_tiers(units))
+    assert peak == 3
+    assert {r.worker for r in results} == {"worker-01", "worker-02", "worker-03"}
+    assert timings[0].slots == 3
+
+
+def test_failure_and_crash_do_not_stop_siblings_or_next_tier() -> None:
+    units = [Unit("bad", 1, fails=True), Unit("crash", 1, crashes=True), Unit("good", 1),
+             Unit("next", 2)]  # fmt: skip
+    results = {r.name: r for r in run(units, max_parallel=2)}
+    assert results["bad"].status == "failed"
+    assert results["crash"].status == "failed" and "boom" in results["crash"].log_tail
+    assert results["good"].status == "succeeded"
+    assert results["next"].status == "succeeded"
+
+
+def test_fail_fast_stops_scheduling() -> None:
+    units = [Unit("bad", 1, 0.01, fails=True)] + [Unit(f"later{i}", 1, 0.2) for i in range(4)]
+    units.append(Unit("tier2", 2))
+    results = {r.name: r for r in run(units, max_parallel=1, fail_fast=True)}
+    assert results["bad"].status == "failed"
+    assert all(results[f"later{i}"].status == "skipped" for i in range(4))
+    assert results["tier2"].status == "skipped"
+    assert "fail_fast: bad failed" in results["tier2"].log_tail
+
+
+def test_continue_on_error_false_skips_later_tiers_only() -> None:
+    units = [Unit("strict", 1, 0.01, fails=True, continue_on_error=False), Unit("sibling", 1, 0.1),
+             Unit("tier2", 2)]  # fmt: skip
+    results = {r.name: r for r in run(units, max_parallel=2)}
+    assert results["sibling"].status == "succeeded"
+    assert results["tier2"].status == "skipped"
+
+
+def test_submit_errors_fail_only_their_unit() -> None:
+    def submit(unit: Unit, worker: str) -> Future[UnitResult]:
+        if unit.name == "unlucky":
+            raise ConnectionError("API down")
+        future: Future[UnitResult] = Future()
+        future.set_result(work(unit, worker))
+        return future
+
+    scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+        submit=submit,
+        skipped=lambda u, r: UnitResult(name=u.name, priority=1, status="skipped"),
+        crashed=lambda u, w, e: UnitResult(name=u.name, priority=1, status="failed",
+                                           log_tail=str(e)),
+        max_parallel=2,
+    )  # fmt: skip
+    results, _ = scheduler.run(build_tiers([Unit("unlucky", 1), Unit("fine", 1)]))
+    assert [r.status for r in results] == ["failed", "succeeded"]
+    assert results[0].log_tail == "API down"
