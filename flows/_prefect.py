@@ -6,6 +6,7 @@ local Prefect server for runs that have no API configured.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import queue
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -28,6 +30,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TERMINAL_STATES
+from prefect.context import SyncClientContext
 from prefect.futures import PrefectConcurrentFuture
 from prefect.settings import (
     PREFECT_API_URL,
@@ -49,16 +52,83 @@ TASK_RUN_NAME = "p{unit.priority} {unit.name}"
 # --- run settings ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def fast_flow_settings() -> Iterator[None]:
-    """Settings for in-process leader runs.
+@dataclass
+class LeaderSession:
+    """One process's run of one or more leader calls (the CLI, a benchmark, tests)."""
 
-    Each flow run ends by joining a heartbeat thread that sleeps in whole seconds (up to
-    1 s added to every run); heartbeats only matter for crash detection of deployment
-    runs, which keep Prefect's default.
+    client: SyncPrefectClient
+    publishers: list[ArtifactPublisher] = field(default_factory=list)
+
+
+_session: contextvars.ContextVar[LeaderSession | None] = contextvars.ContextVar(
+    "leader_session", default=None
+)
+
+
+@contextlib.contextmanager
+def leader_session() -> Iterator[LeaderSession]:
+    """Settings and shared resources for in-process leader runs.
+
+    - No flow heartbeat: each flow run would end by joining a heartbeat thread that
+      sleeps in whole seconds (up to 1 s per run); heartbeats only serve crash detection
+      of deployment runs, which keep Prefect's default.
+    - One API client for every flow run (Prefect otherwise builds one per run, TLS
+      context included).
+    - Artifacts are flushed when the session ends instead of at the end of every run.
     """
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        SyncClientContext.get_or_create() as client_context,
+    ):
+        session = LeaderSession(client_context.client)
+        token = _session.set(session)
+        try:
+            yield session
+        finally:
+            _session.reset(token)
+            for publisher in session.publishers:
+                publisher.close()
+
+
+def open_publisher(flow_run_id: UUID | None) -> ArtifactPublisher:
+    session = _session.get()
+    return ArtifactPublisher(flow_run_id, session.client if session else None)
+
+
+def release_publisher(publisher: ArtifactPublisher) -> None:
+    """Flush now, or when the session ends if there is one (off the run's wall time)."""
+    session = _session.get()
+    if session is None:
+        publisher.close()
+    else:
+        publisher.finish()
+        session.publishers.append(publisher)
+
+
+@contextlib.contextmanager
+def quiet_run_logs(enabled: bool = True) -> Iterator[None]:
+    """Keep Prefect's per-run log lines off the terminal; they still reach the API and UI
+    (the CLI's status board already shows every unit)."""
+    if not enabled:
         yield
+        return
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    run_logs = _DropRunLogs()
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    for handler in handlers:
+        handler.addFilter(run_logs)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(run_logs)
+
+
+class _DropRunLogs(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
 def task_runner(max_workers: int) -> ThreadPoolTaskRunner[Any]:
@@ -149,7 +219,12 @@ class ArtifactPublisher:
         self._progress_lock = threading.Lock()
         self._progress: tuple[float, str] | None = None
         self._progress_id: UUID | None = None
-        self._thread = threading.Thread(target=self._serve, name="artifacts", daemon=True)
+        self._finished = False
+        # Prefect settings (the API URL) live in context variables: carry them over.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._serve,), name="artifacts", daemon=True
+        )
         self._thread.start()
 
     def table(self, key: str, rows: list[dict[str, Any]], description: str) -> None:
@@ -174,9 +249,15 @@ class ArtifactPublisher:
         if not pending:
             self._jobs.put(self._send_progress)
 
+    def finish(self) -> None:
+        """Stop accepting work; what is queued is still sent."""
+        if not self._finished:
+            self._finished = True
+            self._jobs.put(None)
+
     def close(self, timeout: float = 30.0) -> None:
         """Send everything queued, then stop."""
-        self._jobs.put(None)
+        self.finish()
         self._thread.join(timeout)
 
     def _send_progress(self, client: SyncPrefectClient) -> None:

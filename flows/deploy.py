@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -83,8 +82,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     print(flush=True)
     with (
         prefect_api() as started_server,
-        _prefect.fast_flow_settings(),
-        quiet_prefect_console(not args.verbose),
+        _prefect.leader_session(),
+        _prefect.quiet_run_logs(not args.verbose),
         StatusBoard(f"pipeline {matrix.name}") as board,
         observing(board),
     ):
@@ -115,32 +114,6 @@ def prefect_api() -> Iterator[bool]:
     with _prefect.local_server() as url:
         print(f"Prefect UI (while this run lasts): {url}", flush=True)
         yield True
-
-
-@contextlib.contextmanager
-def quiet_prefect_console(enabled: bool) -> Iterator[None]:
-    """Keep Prefect's per-run log lines off the terminal; they still reach the API and UI,
-    and the status board already shows every unit."""
-    if not enabled:
-        yield
-        return
-    from prefect.logging.configuration import ensure_logging_setup
-
-    ensure_logging_setup()
-    run_logs = _DropRunLogs()
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
-    for handler in handlers:
-        handler.addFilter(run_logs)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(run_logs)
-
-
-class _DropRunLogs(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
 def print_summary(report: Report, report_dir: Path, temporary_ui: bool) -> None:

@@ -82,7 +82,7 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
     flow_run_id = flow_run.flow_run.id if flow_run and flow_run.flow_run else None
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
-    publisher = _prefect.ArtifactPublisher(flow_run_id)
+    publisher = _prefect.open_publisher(flow_run_id)
     progress = _Progress(plan, publisher)
     try:
         setup = _run_setup(plan.setup)
@@ -117,7 +117,7 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
         )
         return report
     finally:
-        publisher.close()
+        _prefect.release_publisher(publisher)
 
 
 def report_state(report: Report) -> State[Any]:

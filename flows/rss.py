@@ -49,7 +49,8 @@ class RssSampler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            elif len(self._peaks) == 1:
+                self._wake.notify()  # it was idle; otherwise it samples on its own schedule
 
     def release(self, pgid: int) -> float:
         """Stop watching a group; its peak RSS in MiB."""

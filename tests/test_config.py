@@ -43,8 +43,8 @@ GOOD_TASK = '{name: lint, priority: 1, run: "true"}'
         ('name: x\ntasks: [{name: a, priority: 1, run: "true", retries: -1}]\n',
          "tasks[0].retries", "greater than or equal to 0"),
         (f"name: x\nworkdir: missing-dir\ntasks: [{GOOD_TASK}]\n", "workdir", "does not exist"),
-        (f"name: x\nsetup: {{run: [\"true\"], cache_key_files: [nope.lock]}}\ntasks: [{GOOD_TASK}]\n",
-         "setup.cache_key_files[0]", "no file matches 'nope.lock'"),
+        ("name: x\nsetup: {run: [\"true\"], cache_key_files: [nope.lock]}\n"
+         f"tasks: [{GOOD_TASK}]\n", "setup.cache_key_files[0]", "no file matches 'nope.lock'"),
     ],
 )  # fmt: skip
 def test_bad_config_names_file_field_and_problem(
