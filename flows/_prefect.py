@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +45,6 @@ from flows.report import UnitResult
 
 R = TypeVar("R", bound=UnitResult)
 log = logging.getLogger(__name__)
-
-TASK_RUN_NAME = "p{unit.priority} {unit.name}"
 
 
 # --- run settings ---------------------------------------------------------------------
@@ -146,32 +144,43 @@ def _unit_state(result: UnitResult) -> State[Any]:
     return Completed(message=message, data=result)
 
 
-def unit_task(work: Callable[..., R], name: str) -> Task[..., Any]:
+def unit_task(work: Callable[[Any, str], R], units: Sequence[Any], name: str) -> Task[..., Any]:
     """Wrap a plain `work(unit, worker) -> UnitResult` as a task named after its unit.
 
     The task run ends Failed when the unit failed (so the UI shows it red) but still
     carries the result; retries and timeouts are the work function's own business, so
-    attempts are counted exactly and the task is never retried twice.
+    attempts are counted exactly and Prefect never retries on top. The task takes the
+    unit's label and index rather than the unit itself: Prefect walks every parameter
+    of every task run, which costs measurable CPU at a thousand units.
     """
 
-    def run_unit(unit: Any, worker: str) -> State[Any]:
-        return _unit_state(work(unit, worker))
+    def run_unit(label: str, index: int, worker: str) -> State[Any]:
+        return _unit_state(work(units[index], worker))
 
     run_unit.__name__ = run_unit.__qualname__ = name
     return task(
         name=name,
-        task_run_name=TASK_RUN_NAME,
+        task_run_name="{label}",
         cache_policy=NO_CACHE,
         persist_result=False,
         retries=0,
     )(run_unit)
 
 
+def unit_label(unit: Any) -> str:
+    return f"p{unit.priority} {unit.name}"
+
+
 def submit_unit(
-    runner: ThreadPoolTaskRunner[Any], unit_task: Task[..., Any], unit: Any, worker: str
+    runner: ThreadPoolTaskRunner[Any],
+    unit_task: Task[..., Any],
+    unit: Any,
+    index: int,
+    worker: str,
 ) -> Future[Any]:
     """Submit one unit; the returned future resolves to its UnitResult."""
-    prefect_future = runner.submit(unit_task, {"unit": unit, "worker": worker})
+    parameters = {"label": unit_label(unit), "index": index, "worker": worker}
+    prefect_future = runner.submit(unit_task, parameters)
     assert isinstance(prefect_future, PrefectConcurrentFuture)
     result: Future[Any] = Future()
 

@@ -137,7 +137,7 @@ def print_summary(report: Report, report_dir: Path, temporary_ui: bool) -> None:
     url = _prefect.flow_run_url(report.flow_run_id)
     if url and not temporary_ui:
         print(f"   Prefect UI: {url}")
-    elif temporary_ui:
+    if temporary_ui:
         print(
             "   history is kept in the Prefect database: run `prefect server start` and open "
             "http://127.0.0.1:4200 to browse it"

@@ -84,6 +84,8 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
     clock = time.perf_counter()
     publisher = _prefect.open_publisher(flow_run_id)
     progress = _Progress(plan, publisher)
+    for observer in observers:
+        observer.run_started(str(flow_run_id) if flow_run_id else None)
     try:
         setup = _run_setup(plan.setup)
         if setup.status == "failed":
@@ -157,10 +159,14 @@ def _run_setup(setup: Callable[[], SetupSummary] | None) -> SetupSummary:
 def _run_tiers(
     plan: LeaderPlan[U, R], observers: Sequence[Observer]
 ) -> tuple[list[R], list[TierTiming]]:
-    worker_task = _prefect.unit_task(plan.work, f"{plan.kind}-worker")
+    units = plan.units
+    index = {id(unit): position for position, unit in enumerate(units)}
+    worker_task = _prefect.unit_task(plan.work, units, f"{plan.kind}-worker")
     with _prefect.task_runner(plan.max_parallel) as runner:
         scheduler: Scheduler[U, R] = Scheduler(
-            submit=lambda unit, worker: _prefect.submit_unit(runner, worker_task, unit, worker),
+            submit=lambda unit, worker: _prefect.submit_unit(
+                runner, worker_task, unit, index[id(unit)], worker
+            ),
             skipped=plan.skipped,
             crashed=plan.crashed,
             max_parallel=plan.max_parallel,
@@ -199,6 +205,9 @@ class _Progress:
             _prefect.artifact_key(plan.kind, plan.name, "progress"),
             f"0/{self._total} done",
         )
+
+    def run_started(self, flow_run_id: str | None) -> None:
+        pass
 
     def unit_started(self, unit: WorkUnit, worker: str) -> None:
         pass

@@ -57,6 +57,9 @@ def worker_names(count: int) -> list[str]:
 
 
 class Observer(Protocol):
+    """Watches a leader run; every method is called from worker threads too."""
+
+    def run_started(self, flow_run_id: str | None) -> None: ...
     def unit_started(self, unit: WorkUnit, worker: str) -> None: ...
     def unit_finished(self, result: UnitResult) -> None: ...
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from flows._prefect import flow_run_url
 from flows.report import STATUS_ICONS, UnitResult
 from flows.scheduler import WorkUnit
 
@@ -53,6 +54,15 @@ class StatusBoard:
         if self._live is not None:
             self._live.update(self.table())
             self._live.__exit__(None, None, None)
+
+    def run_started(self, flow_run_id: str | None) -> None:
+        url = flow_run_url(flow_run_id)
+        if url:
+            message = f"Prefect UI for this run: {url}"
+            if self._live is not None:
+                self._live.console.print(message)
+            else:
+                print(message, file=self._stream, flush=True)
 
     def unit_started(self, unit: WorkUnit, worker: str) -> None:
         now = time.monotonic()

@@ -66,6 +66,9 @@ def test_never_more_than_max_parallel_and_slots_unique() -> None:
     lock = threading.Lock()
 
     class Watch:
+        def run_started(self, flow_run_id: str | None) -> None:
+            pass
+
         def unit_started(self, unit: Unit, worker: str) -> None:
             nonlocal peak
             with lock:

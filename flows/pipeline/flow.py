@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prefect import State, flow, runtime
+from prefect import State, flow
 
 from flows.config import load_config
 from flows.leader import LeaderPlan, lead, report_state
@@ -58,12 +58,9 @@ def pipeline_plan(
     return matrix, plan
 
 
-def _run_name() -> str:
-    config_path = runtime.flow_run.parameters.get("config_path", "pipeline")
-    return Path(str(config_path)).stem
-
-
-@flow(name="pipeline", flow_run_name=_run_name, validate_parameters=True)
+# No flow_run_name: naming a run costs an extra API call per run. No result persistence:
+# the report is written to files and artifacts.
+@flow(name="pipeline", persist_result=False)
 def pipeline(
     config_path: str,
     report_dir: str | None = None,
