@@ -141,6 +141,8 @@ def _unit_state(result: UnitResult) -> State[Any]:
     message = f"{result.name}: {result.status}"
     if result.failed:
         return Failed(message=message, data=result)
+    if result.status == "skipped":  # ran, but could not do its job here (e.g. offline)
+        return Completed(name="Skipped", message=message, data=result)
     return Completed(message=message, data=result)
 
 
@@ -321,7 +323,7 @@ def api_configured() -> bool:
 
 
 @contextlib.contextmanager
-def local_server(startup_timeout: float = 120.0) -> Iterator[str]:
+def local_server(home: Path | None = None, startup_timeout: float = 120.0) -> Iterator[str]:
     """Start `prefect server start` (UI included) on a free loopback port for this process.
 
     Used when no PREFECT_API_URL is configured. Unlike Prefect's ephemeral server, it is
@@ -331,7 +333,9 @@ def local_server(startup_timeout: float = 120.0) -> Iterator[str]:
     """
     port = _free_port()
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
-    log_file = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / "server.log"
+    if home is not None:
+        env["PREFECT_HOME"] = str(home)
+    log_file = Path(env.get("PREFECT_HOME", Path.home() / ".prefect")) / "server.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as server_log:
         process = subprocess.Popen(

@@ -12,60 +12,35 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-    PREFECT_UI_URL,
-    temporary_settings,
-)
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from flows._prefect import _free_port, wait_for_api
+from flows._prefect import local_server
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A `prefect server start` on a free port; yields its API URL."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": "",
-    }
-    log = (home / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    api_url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_for_api(api_url, 180, server)
-        with temporary_settings(
-            updates={
-                PREFECT_API_URL: api_url,
-                PREFECT_UI_URL: f"http://127.0.0.1:{port}",
-                PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
-            }
-        ):
-            yield api_url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+    """A `prefect server start` with its own PREFECT_HOME; yields its API URL."""
+    with (
+        local_server(home=tmp_path_factory.mktemp("prefect-home"), startup_timeout=180) as url,
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        yield f"{url}/api"
 
 
 @pytest.fixture
 def cli_env(prefect_server: str) -> dict[str, str]:
     """Environment for `python -m flows.deploy` subprocesses that use the test server."""
     return {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(REPO)}
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m flows.deploy ARGS` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "flows.deploy", *args], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=900,
+    )  # fmt: skip
 
 
 def write_config(directory: Path, text: str, name: str = "pipeline.yml") -> Path:

@@ -4,20 +4,11 @@ then a warm run that reuses the cache."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 CONFIG = REPO / "examples" / "multi-agent-config.yml"
-
-
-def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.deploy", *args], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=900,
-    )  # fmt: skip
 
 
 def test_example_pipeline_cold_then_warm(tmp_path: Path, cli_env: dict[str, str]) -> None:

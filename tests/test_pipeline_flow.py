@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +15,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows._prefect import state_result
 from flows.pipeline.flow import pipeline
 from flows.report import Report, UnitResult
-from tests.conftest import REPO, wait_until_gone, write_config
+from tests.conftest import run_cli, wait_until_gone, write_config
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -234,13 +232,6 @@ def test_report_files_artifacts_and_task_run_names(tmp_path: Path) -> None:
     assert "# Pipeline report: reported" in str(artifacts["pipeline-reported-report"].data)
 
 
-def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.deploy", *args], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
-
-
 def test_cli_exit_codes_and_dry_run(tmp_path: Path, cli_env: dict[str, str]) -> None:
     marker = tmp_path / "ran"
     good = write_config(
@@ -251,13 +242,15 @@ def test_cli_exit_codes_and_dry_run(tmp_path: Path, cli_env: dict[str, str]) -> 
     bad = write_config(
         tmp_path, 'name: bad\ntasks: [{name: a, priority: 1, run: "exit 1"}]\n', "bad.yml"
     )
-    dry = _cli(["pipeline", "--config", str(good), "--dry-run"], cli_env)
+    dry = run_cli(["pipeline", "--config", str(good), "--dry-run"], cli_env)
     assert dry.returncode == 0 and "Tier 1 (priority-1): 1 tasks on 1 worker slots" in dry.stdout
     assert not marker.exists()
-    ok = _cli(["pipeline", "--config", str(good), "--report-dir", str(tmp_path / "r1")], cli_env)
+    ok = run_cli(["pipeline", "--config", str(good), "--report-dir", str(tmp_path / "r1")], cli_env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert marker.exists() and (tmp_path / "r1" / "report.json").exists()
     assert "Prefect UI: http://127.0.0.1:" in ok.stdout
-    failed = _cli(["pipeline", "--config", str(bad), "--report-dir", str(tmp_path / "r2")], cli_env)
+    failed = run_cli(
+        ["pipeline", "--config", str(bad), "--report-dir", str(tmp_path / "r2")], cli_env
+    )
     assert failed.returncode == 1
     assert "❌ p1 a" in failed.stdout
