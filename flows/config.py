@@ -147,7 +147,7 @@ def format_loc(loc: tuple[str | int, ...]) -> str:
     return path
 
 
-def _describe(error: Any) -> tuple[str, str]:
+def describe_validation_error(error: Any) -> tuple[str, str]:
     """One pydantic error -> (field path, problem), skipping pydantic's union noise."""
     loc = tuple(part for part in error["loc"] if not _is_union_tag(part) and part != "[key]")
     kind = error["type"]
@@ -178,7 +178,7 @@ def parse_config(data: Any, file: Path | str) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        field, problem = _describe(exc.errors()[0])
+        field, problem = describe_validation_error(exc.errors()[0])
         more = len(exc.errors()) - 1
         if more:
             problem += f" (and {more} more problem{'s' if more > 1 else ''})"

@@ -1,0 +1,573 @@
+"""The fleet's issue tracker: which issues are ready, who works on which, and the pull request
+each one ends in. `GitHubTracker` talks to GitHub through PyGithub; `LocalTracker` keeps the
+same state in a JSON file for test mode.
+
+Labels carry the state, so several workers and fleets can share one repository:
+ready-for-dev -(claim)-> in-progress -(finish)-> ai-review | ai-failed, and release() puts an
+issue back to ready-for-dev.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import requests
+from github import Github, GithubException
+from github.Issue import Issue as GithubIssue
+from github.PullRequest import PullRequest as GithubPull
+from github.Repository import Repository
+from pydantic import BaseModel, Field
+
+from flows.fleet.models import (
+    FAILED_LABEL,
+    IN_PROGRESS_LABEL,
+    READY_LABEL,
+    REVIEW_LABEL,
+    Issue,
+    PullRequest,
+)
+
+# What a PyGithub call can raise: API errors, and network errors once its retries gave up.
+_API_ERRORS = (GithubException, requests.RequestException)
+
+
+class TrackerError(Exception):
+    """A tracker operation failed; the message names the operation and the issue."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    ready: str = READY_LABEL
+    in_progress: str = IN_PROGRESS_LABEL
+    review: str = REVIEW_LABEL
+    failed: str = FAILED_LABEL
+
+    def names(self) -> tuple[str, ...]:
+        return (self.ready, self.in_progress, self.review, self.failed)
+
+
+class Tracker(Protocol):
+    def list_ready(self) -> list[Issue]:
+        """Open issues with the ready label, oldest first, pull requests excluded."""
+        ...
+
+    def claim(self, issue: Issue, claimant: str) -> bool:
+        """Take the issue; True only for the one caller that won it."""
+        ...
+
+    def release(self, issue: Issue, reason: str) -> None:
+        """Give a claimed issue back: in-progress removed, ready label again, comment why."""
+        ...
+
+    def comment(self, issue: Issue, body: str) -> None: ...
+
+    def open_pull_request(self, issue: Issue, branch: str, title: str, body: str) -> PullRequest:
+        """Open a pull request from `branch`, or update the open one (created=False)."""
+        ...
+
+    def finish(self, issue: Issue, ok: bool, comment: str) -> None:
+        """in-progress -> review label (ok) or failed label; post `comment` when not empty."""
+        ...
+
+
+# ----- GitHub ----------------------------------------------------------------------------------
+
+
+class GitHubTracker:
+    """The tracker on a GitHub repository, through an injected PyGithub client.
+
+    Transient errors (5xx, rate limits) are retried by PyGithub's GithubRetry; what is left
+    becomes a TrackerError.
+    """
+
+    def __init__(self, repo: Repository, labels: Labels, owner_login: str) -> None:
+        self._repo = repo
+        self._labels = labels
+        self._owner_login = owner_login
+
+    @classmethod
+    def connect(cls, client: Github, full_name: str, labels: Labels) -> GitHubTracker:
+        """Open `owner/name`; TrackerError when it is unreachable or lacks one of the labels."""
+        with _api_errors(f"open repository {full_name}"):
+            repo = client.get_repo(full_name)
+            existing = {label.name.lower() for label in repo.get_labels()}
+            owner_login = repo.owner.login
+        missing = [name for name in labels.names() if name.lower() not in existing]
+        if missing:
+            names = ", ".join(repr(name) for name in missing)
+            raise TrackerError(
+                f"repository {repo.full_name} has no label {names}: "
+                "create it on GitHub (Issues > Labels) or configure another label name"
+            )
+        return cls(repo, labels, owner_login)
+
+    def __repr__(self) -> str:
+        return f"GitHubTracker({self.full_name!r})"
+
+    @property
+    def full_name(self) -> str:
+        return self._repo.full_name
+
+    @property
+    def clone_url(self) -> str:
+        return self._repo.clone_url
+
+    @property
+    def default_branch(self) -> str:
+        return self._repo.default_branch
+
+    def list_ready(self) -> list[Issue]:
+        with _api_errors(f"list ready issues of {self.full_name}"):
+            found = self._repo.get_issues(
+                state="open", labels=[self._labels.ready], sort="created", direction="asc"
+            )
+            # The page's JSON, not attributes: reading one the page lacks (`pull_request` on
+            # a plain issue) makes PyGithub GET that issue again.
+            rows = [item._rawData for item in found]
+        return [_issue_from_json(data) for data in rows if "pull_request" not in data]
+
+    def claim(self, issue: Issue, claimant: str) -> bool:
+        handle = self._handle(issue)
+        with _api_errors(f"claim {self._ref(issue)}"):
+            if not self._take_ready_label(handle):
+                return False
+            try:
+                handle.add_to_labels(self._labels.in_progress)
+                handle.create_comment(f"Claimed by {claimant}")
+            except _API_ERRORS:
+                self._undo_claim(handle)
+                raise
+        return True
+
+    def release(self, issue: Issue, reason: str) -> None:
+        handle = self._handle(issue)
+        with _api_errors(f"release {self._ref(issue)}"):
+            self._remove_label(handle, self._labels.in_progress)
+            handle.create_comment(f"Released: {reason}")
+            handle.add_to_labels(self._labels.ready)  # last: from here anyone may claim it
+
+    def comment(self, issue: Issue, body: str) -> None:
+        with _api_errors(f"comment on {self._ref(issue)}"):
+            self._handle(issue).create_comment(body)
+
+    def open_pull_request(self, issue: Issue, branch: str, title: str, body: str) -> PullRequest:
+        # Always `owner:branch`: GitHub ignores a head filter without the owner.
+        head = f"{self._owner_login}:{branch}"
+        with _api_errors(f"open a pull request from {branch} for {self._ref(issue)}"):
+            pull = self._open_pull(head)
+            if pull is None:
+                created = self._create_pull(head, title, body)
+                if created is not None:
+                    return _pull_request(created, branch, created=True)
+                pull = self._open_pull(head)  # another creator won the race
+                if pull is None:
+                    raise TrackerError(
+                        f"open a pull request from {branch} for {self._ref(issue)}: GitHub "
+                        f"says one exists but lists no open pull request from {head}"
+                    )
+            pull.edit(title=title, body=body)
+            return _pull_request(pull, branch, created=False)
+
+    def finish(self, issue: Issue, ok: bool, comment: str) -> None:
+        handle = self._handle(issue)
+        outcome = self._labels.review if ok else self._labels.failed
+        with _api_errors(f"finish {self._ref(issue)}"):
+            handle.add_to_labels(outcome)
+            self._remove_label(handle, self._labels.in_progress)
+            if comment:
+                handle.create_comment(comment)
+
+    def _ref(self, issue: Issue) -> str:
+        return f"{self.full_name}#{issue.number}"
+
+    def _handle(self, issue: Issue) -> GithubIssue:
+        """An issue object to act on, without the GET that `repo.get_issue()` makes."""
+        url = f"{self._repo.url}/issues/{issue.number}"
+        return GithubIssue(self._repo.requester, url=url, completed=False)
+
+    def _take_ready_label(self, handle: GithubIssue) -> bool:
+        """Remove the ready label; False when it is already gone.
+
+        GitHub has no compare-and-swap, but removing a label the issue no longer has answers
+        404, so of all the callers racing for one issue exactly one succeeds.
+        """
+        try:
+            handle.remove_from_labels(self._labels.ready)
+        except GithubException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _undo_claim(self, handle: GithubIssue) -> None:
+        """After a half-done claim, best effort: never leave the issue without either label."""
+        with suppress(*_API_ERRORS):
+            self._remove_label(handle, self._labels.in_progress)
+        with suppress(*_API_ERRORS):
+            handle.add_to_labels(self._labels.ready)
+
+    def _remove_label(self, handle: GithubIssue, name: str) -> None:
+        """Remove a label; one the issue does not have is not an error."""
+        try:
+            handle.remove_from_labels(name)
+        except GithubException as exc:
+            if exc.status != 404:
+                raise
+
+    def _open_pull(self, head: str) -> GithubPull | None:
+        return next(iter(self._repo.get_pulls(state="open", head=head)), None)
+
+    def _create_pull(self, head: str, title: str, body: str) -> GithubPull | None:
+        """Create the pull request; None when GitHub says an open one already exists."""
+        try:
+            return self._repo.create_pull(
+                base=self.default_branch, head=head, title=title, body=body
+            )
+        except GithubException as exc:
+            if exc.status == 422 and "already exists" in _github_message(exc):
+                return None
+            raise
+
+
+@contextmanager
+def _api_errors(action: str) -> Iterator[None]:
+    """Turn what PyGithub raises into a TrackerError naming `action` (the token never appears:
+    PyGithub sends it in a header, and only the response's status and message are quoted)."""
+    try:
+        yield
+    except GithubException as exc:
+        raise TrackerError(f"{action}: GitHub answered {_github_message(exc)}") from exc
+    except requests.RequestException as exc:
+        raise TrackerError(f"{action}: GitHub unreachable ({type(exc).__name__})") from exc
+
+
+def _github_message(exc: GithubException) -> str:
+    """`422 Validation Failed: A pull request already exists for acme:branch.`"""
+    data: Any = exc.data if isinstance(exc.data, dict) else {}
+    parts = [str(data.get("message") or exc.message or "")]
+    errors = data.get("errors")
+    for error in errors if isinstance(errors, list) else []:
+        if isinstance(error, dict) and error.get("message"):
+            parts.append(str(error["message"]))
+    return f"{exc.status} " + ": ".join(part for part in parts if part)
+
+
+def _issue_from_json(data: dict[str, Any]) -> Issue:
+    return Issue(
+        number=data["number"],
+        title=data["title"],
+        body=data.get("body") or "",
+        labels=tuple(label["name"] for label in data.get("labels") or []),
+        url=data.get("html_url"),
+    )
+
+
+def _pull_request(pull: GithubPull, branch: str, *, created: bool) -> PullRequest:
+    return PullRequest(number=pull.number, url=pull.html_url, branch=branch, created=created)
+
+
+# ----- local JSON store ------------------------------------------------------------------------
+
+
+class LocalPull(BaseModel):
+    """A pull request in the local store."""
+
+    number: int
+    branch: str
+    title: str
+    body: str
+    url: str
+
+
+class _LocalIssue(BaseModel):
+    number: int
+    title: str
+    body: str = ""
+    labels: list[str] = Field(default_factory=list)
+    comments: list[str] = Field(default_factory=list)
+
+    def to_issue(self) -> Issue:
+        return Issue(
+            number=self.number,
+            title=self.title,
+            body=self.body,
+            labels=tuple(self.labels),
+            url=f"local://issues/{self.number}",
+        )
+
+
+class _Store(BaseModel):
+    """The whole file. Issues and pull requests share one number sequence, as on GitHub."""
+
+    next_number: int = 1
+    issues: list[_LocalIssue] = Field(default_factory=list)
+    pulls: list[LocalPull] = Field(default_factory=list)
+
+    def take_number(self) -> int:
+        number = self.next_number
+        self.next_number += 1
+        return number
+
+    def find(self, number: int) -> _LocalIssue | None:
+        return next((issue for issue in self.issues if issue.number == number), None)
+
+
+class LocalTracker:
+    """The tracker in a JSON file, for test mode (no network).
+
+    Every change holds an exclusive flock on `<path>.lock` around its read-modify-write, so
+    several processes (several fleets) can share one store; files are replaced atomically, so
+    a reader never sees half a write.
+    """
+
+    def __init__(self, path: Path, labels: Labels) -> None:
+        self._path = Path(path)
+        self._labels = labels
+
+    def __repr__(self) -> str:
+        return f"LocalTracker({str(self._path)!r})"
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @classmethod
+    def create(cls, path: Path, issues: Iterable[Issue], labels: Labels) -> LocalTracker:
+        """Seed a new store with `issues` (their numbers kept); FileExistsError if one exists."""
+        tracker = cls(path, labels)
+        tracker._path.parent.mkdir(parents=True, exist_ok=True)
+        with tracker._locked():
+            if tracker._path.exists():
+                raise FileExistsError(f"a tracker store already exists at {tracker._path}")
+            store = _Store()
+            for issue in issues:
+                if store.find(issue.number) is not None:
+                    raise ValueError(f"issue #{issue.number} is given twice")
+                record = _LocalIssue(
+                    number=issue.number,
+                    title=issue.title,
+                    body=issue.body,
+                    labels=list(issue.labels),
+                )
+                store.issues.append(record)
+                store.next_number = max(store.next_number, issue.number + 1)
+            tracker._save(store)
+        return tracker
+
+    def add_issue(self, title: str, body: str = "", labels: Iterable[str] | None = None) -> Issue:
+        """Add an issue (labels None: just the ready label) and return it."""
+        names = [self._labels.ready] if labels is None else list(labels)
+        with self._update() as store:
+            record = _LocalIssue(number=store.take_number(), title=title, body=body, labels=names)
+            store.issues.append(record)
+        return record.to_issue()
+
+    # ----- Tracker -----
+
+    def list_ready(self) -> list[Issue]:
+        ready = [i for i in self._load().issues if self._labels.ready in i.labels]
+        return [record.to_issue() for record in sorted(ready, key=lambda i: i.number)]
+
+    def claim(self, issue: Issue, claimant: str) -> bool:
+        with self._update() as store:
+            record = store.find(issue.number)
+            if record is None or self._labels.ready not in record.labels:
+                return False
+            _drop(record.labels, self._labels.ready)
+            _add(record.labels, self._labels.in_progress)
+            record.comments.append(f"Claimed by {claimant}")
+            return True
+
+    def release(self, issue: Issue, reason: str) -> None:
+        with self._update() as store:
+            record = self._record(store, issue)
+            _drop(record.labels, self._labels.in_progress)
+            _add(record.labels, self._labels.ready)
+            record.comments.append(f"Released: {reason}")
+
+    def comment(self, issue: Issue, body: str) -> None:
+        with self._update() as store:
+            self._record(store, issue).comments.append(body)
+
+    def open_pull_request(self, issue: Issue, branch: str, title: str, body: str) -> PullRequest:
+        with self._update() as store:
+            pull = next((p for p in store.pulls if p.branch == branch), None)
+            created = pull is None
+            if pull is None:
+                number = store.take_number()
+                pull = LocalPull(
+                    number=number,
+                    branch=branch,
+                    title=title,
+                    body=body,
+                    url=f"local://pulls/{number}",
+                )
+                store.pulls.append(pull)
+            pull.title, pull.body = title, body
+        return PullRequest(number=pull.number, url=pull.url, branch=branch, created=created)
+
+    def finish(self, issue: Issue, ok: bool, comment: str) -> None:
+        with self._update() as store:
+            record = self._record(store, issue)
+            _add(record.labels, self._labels.review if ok else self._labels.failed)
+            _drop(record.labels, self._labels.in_progress)
+            if comment:
+                record.comments.append(comment)
+
+    # ----- inspection -----
+
+    def issues(self) -> list[Issue]:
+        """Every issue, whatever its labels, by number."""
+        return [record.to_issue() for record in sorted(self._load().issues, key=lambda i: i.number)]
+
+    def pulls(self) -> list[LocalPull]:
+        return sorted(self._load().pulls, key=lambda pull: pull.number)
+
+    def comments(self, number: int) -> list[str]:
+        return list(self._record(self._load(), number).comments)
+
+    def labels_of(self, number: int) -> list[str]:
+        return list(self._record(self._load(), number).labels)
+
+    # ----- storage -----
+
+    def _record(self, store: _Store, issue: Issue | int) -> _LocalIssue:
+        number = issue if isinstance(issue, int) else issue.number
+        record = store.find(number)
+        if record is None:
+            raise TrackerError(f"{self._path}: no issue #{number}")
+        return record
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _update(self) -> Iterator[_Store]:
+        """Load the store under the lock, let the caller change it, write it back."""
+        with self._locked():
+            store = self._load()
+            yield store
+            self._save(store)
+
+    def _load(self) -> _Store:
+        try:
+            return _Store.model_validate_json(self._path.read_bytes())
+        except FileNotFoundError:
+            raise TrackerError(
+                f"no tracker store at {self._path}: seed one with LocalTracker.create()"
+            ) from None
+        except ValueError as exc:
+            raise TrackerError(f"{self._path}: not a tracker store: {exc}") from exc
+
+    def _save(self, store: _Store) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=f".{self._path.name}.")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(store.model_dump_json(indent=2))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self._path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def _add(labels: list[str], name: str) -> None:
+    if name not in labels:
+        labels.append(name)
+
+
+def _drop(labels: list[str], name: str) -> None:
+    if name in labels:
+        labels.remove(name)
+
+
+# ----- mock issues for test mode ---------------------------------------------------------------
+
+_MOCK_AREAS = ("billing", "inventory", "users", "search", "reports")
+_MOCK_TEMPLATES: tuple[tuple[str, str, str], ...] = (
+    (
+        "Add a /health endpoint to the {area} service",
+        "Load balancers cannot tell whether the {area} service is up.\n\n"
+        'Acceptance criteria:\n- `GET /health` answers 200 with `{{"status": "ok"}}`\n'
+        "- a test covers it",
+        "enhancement",
+    ),
+    (
+        "Fix off-by-one in {area} pagination",
+        "The last item of every page of `/{area}` is repeated as the first item of the next "
+        "page.\n\nSteps: request `?page=1&per_page=10`, then `?page=2`; item 10 appears twice.",
+        "bug",
+    ),
+    (
+        "Validate input lengths in the {area} form",
+        "Names longer than 255 characters reach the database and fail there with a 500.\n\n"
+        "Reject them with a 422 and a message naming the field.",
+        "bug",
+    ),
+    (
+        "Document the {area} configuration options",
+        "The README does not mention the `{area}` settings. Add a section listing each "
+        "option, its default and an example.",
+        "documentation",
+    ),
+    (
+        "Add type hints to the {area} module",
+        "`{area}.py` has no annotations, so mypy skips it. Annotate the public functions and "
+        "make `mypy --strict` pass for the module.",
+        "enhancement",
+    ),
+    (
+        "Cache {area} lookups for 60 seconds",
+        "Every request to `/{area}/<id>` queries the database. Cache results in memory for 60 "
+        "seconds and invalidate an entry when it is updated.",
+        "enhancement",
+    ),
+    (
+        "Return 404 instead of 500 for unknown {area} ids",
+        "`GET /{area}/999999` raises KeyError and answers 500. It should answer 404 with a "
+        "JSON error body.",
+        "bug",
+    ),
+    (
+        "Log request durations in the {area} handler",
+        "We cannot see slow {area} requests. Log method, path, status and duration in "
+        "milliseconds for each request, one line each.",
+        "enhancement",
+    ),
+)
+
+
+def generate_mock_issues(n: int, ready_label: str = READY_LABEL) -> list[Issue]:
+    """`n` varied, realistic issues numbered 1..n, all ready; most carry a `priority:1..3`."""
+    issues = []
+    for index in range(n):
+        title, body, kind = _MOCK_TEMPLATES[index % len(_MOCK_TEMPLATES)]
+        area = _MOCK_AREAS[index % len(_MOCK_AREAS)]
+        labels = [ready_label, kind]
+        if index % 4 != 3:
+            labels.append(f"priority:{index % 3 + 1}")
+        issues.append(
+            Issue(
+                number=index + 1,
+                title=title.format(area=area),
+                body=body.format(area=area),
+                labels=tuple(labels),
+            )
+        )
+    return issues
