@@ -161,7 +161,13 @@ def describe_validation_error(error: Any) -> tuple[str, str]:
         return format_loc(ctx["error"].loc), str(ctx["error"])
     message = error["msg"].removeprefix("Value error, ")
     if kind == "string_pattern_mismatch":
-        message = f"must match [a-z0-9-]+ (lowercase letters, digits, dashes); got {given!r}"
+        pattern = ctx.get("pattern", "")
+        wanted = (
+            "[a-z0-9-]+ (lowercase letters, digits, dashes)"
+            if pattern == TASK_NAME_PATTERN
+            else f"the pattern {pattern}"
+        )
+        message = f"must match {wanted}; got {given!r}"
     elif given is not None and not isinstance(given, dict | list):
         message = f"{message}; got {given!r}"
     return format_loc(loc), message

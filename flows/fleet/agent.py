@@ -1,0 +1,340 @@
+"""The agent loop: a model that calls tools in one workspace until it is done.
+
+`Model` is the one seam to the LLM: `ClaudeModel` calls the Messages API (plain `create`,
+the whole history each turn), `ScriptedModel` replays turns for tests and simulations.
+
+Errors and retries: the SDK already retries 408/409/429/5xx/529 and connection errors
+(`max_retries` on the client), so a model error that reaches `run_agent` is final for this
+attempt. `run_agent` returns ok=False for a permanent one (bad key, bad request, ...), and
+RE-RAISES a transient one (`AgentError.transient`: rate limit, overload, server error,
+connection) for the caller to retry the whole attempt up to `max_agent_retries`, in a fresh
+workspace. The cost of every call, including those of a failed attempt, is in the caller's
+`CostMeter`; `AgentResult.cost_usd` and `budget_usd` cover the calls of this attempt only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, cast
+
+import anthropic
+
+from flows.fleet.cost import CostMeter
+from flows.fleet.models import AgentResult, Issue, Usage
+from flows.fleet.tools import Toolbox
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT_PATH = Path(__file__).parent / "prompts" / "system.md"
+DEFAULT_MAX_TOKENS = 16_000
+MAX_ISSUE_BODY_CHARS = 30_000
+MAX_CHECK_OUTPUT_CHARS = 20_000
+CONTINUE_PROMPT = "Your reply was cut off at the output token limit. Please continue."
+FINISHED = ("end_turn", "stop_sequence")
+
+Message = dict[str, Any]
+Block = dict[str, Any]
+ErrorKind = Literal["transient", "permanent"]
+
+# Errors that the SDK retries itself; still failing after its retries, worth a later attempt.
+TRANSIENT_ERRORS: tuple[type[anthropic.AnthropicError], ...] = (
+    anthropic.RateLimitError,
+    anthropic.InternalServerError,  # 5xx, OverloadedError (529) included
+    anthropic.APIConnectionError,  # APITimeoutError included
+    anthropic.RequestTimeoutError,
+    anthropic.ConflictError,
+)
+
+
+@dataclass(frozen=True)
+class ModelTurn:
+    """One assistant reply: content blocks in the Messages API's shape (text, tool_use with
+    id, name and input, ...), why it stopped, and what it used."""
+
+    content: list[Block]
+    stop_reason: str | None
+    usage: Usage
+
+
+class AgentError(Exception):
+    """A model call that failed for good (after the SDK's own retries)."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(kind, message)  # both in args, so it pickles across processes
+        self.kind: ErrorKind = kind
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        return self.kind == "transient"
+
+    def __str__(self) -> str:
+        return f"{self.kind} model error: {self.message}"
+
+
+class Model(Protocol):
+    def complete(
+        self, *, system: str, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int
+    ) -> ModelTurn: ...
+
+
+# ----- Claude over the Messages API --------------------------------------------------------
+
+
+class ClaudeModel:
+    """Claude through an injected `anthropic.Anthropic` client (its `max_retries` applies).
+
+    With `prompt_cache`, the tools and system prompt and the conversation so far are marked
+    for the 5-minute prompt cache, so each turn pays the cache-read rate for its history.
+    """
+
+    def __init__(
+        self, client: anthropic.Anthropic, model: str, *, prompt_cache: bool = True
+    ) -> None:
+        self._client = client
+        self.model = model
+        self.prompt_cache = prompt_cache
+
+    def __repr__(self) -> str:
+        return f"ClaudeModel({self.model!r})"
+
+    def complete(
+        self, *, system: str, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int
+    ) -> ModelTurn:
+        cache = self.prompt_cache
+        try:
+            reply = self._client.messages.create(
+                model=self.model,
+                max_tokens=max_tokens,
+                system=cast(Any, _cached_system(system) if cache else system),
+                messages=cast(Any, _cached_messages(messages) if cache else messages),
+                tools=cast(Any, tools),
+            )
+        except anthropic.AnthropicError as exc:
+            secrets = (self._client.api_key, self._client.auth_token)
+            raise agent_error(exc, [s for s in secrets if s]) from None
+        return ModelTurn(
+            content=[_block_to_dict(block) for block in reply.content],
+            stop_reason=reply.stop_reason,
+            usage=Usage(
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                cache_creation_input_tokens=reply.usage.cache_creation_input_tokens or 0,
+                cache_read_input_tokens=reply.usage.cache_read_input_tokens or 0,
+            ),
+        )
+
+
+def agent_error(exc: anthropic.AnthropicError, secrets: Iterable[str] = ()) -> AgentError:
+    """Map an SDK exception to an AgentError: status, error type and the API's message,
+    never the request (headers) and never any of `secrets`."""
+    kind: ErrorKind = "transient" if isinstance(exc, TRANSIENT_ERRORS) else "permanent"
+    if isinstance(exc, anthropic.APIStatusError):
+        detail = exc.api_message or "no message"
+        message = f"{type(exc).__name__} (HTTP {exc.status_code}, {exc.type}): {detail}"
+        if exc.request_id:
+            message += f" [request {exc.request_id}]"
+    elif isinstance(exc, anthropic.APIError):
+        message = f"{type(exc).__name__}: {exc.message}"
+    else:
+        message = type(exc).__name__
+    for secret in secrets:
+        message = message.replace(secret, "[redacted]")
+    return AgentError(kind, message)
+
+
+def _block_to_dict(block: Any) -> Block:
+    """An SDK content block as the plain dict the next request sends back."""
+    if block.type == "text":
+        return {"type": "text", "text": block.text}
+    if block.type == "tool_use":
+        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+    return cast(Block, block.model_dump(mode="json", exclude_none=True))
+
+
+def _cached_system(system: str) -> list[Block]:
+    return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+
+
+def _cached_messages(messages: list[Message]) -> list[Message]:
+    """A copy of `messages` with a cache breakpoint on the last block of the last message
+    (only there: the API allows four breakpoints per request)."""
+    if not messages:
+        return messages
+    last = dict(messages[-1])
+    content = last["content"]
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+    if blocks:
+        blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
+    last["content"] = blocks
+    return [*messages[:-1], last]
+
+
+# ----- scripted model for tests and simulations ---------------------------------------------
+
+
+class ScriptExhaustedError(RuntimeError):
+    """A ScriptedModel was asked for more turns than it was given."""
+
+
+class ScriptedModel:
+    """Replays `turns` in order (an AgentError in the script is raised instead) and records
+    every request in `calls` (deep copies: the loop keeps appending to its history)."""
+
+    def __init__(self, turns: Iterable[ModelTurn | AgentError]) -> None:
+        self._turns = list(turns)
+        self.calls: list[dict[str, Any]] = []
+
+    def complete(
+        self, *, system: str, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int
+    ) -> ModelTurn:
+        request = {"system": system, "messages": messages, "tools": tools, "max_tokens": max_tokens}
+        self.calls.append(copy.deepcopy(request))
+        if len(self.calls) > len(self._turns):
+            raise ScriptExhaustedError(
+                f"ScriptedModel has {len(self._turns)} turns; call {len(self.calls)} has none"
+            )
+        turn = self._turns[len(self.calls) - 1]
+        if isinstance(turn, AgentError):
+            raise turn
+        return turn
+
+
+# ----- the loop ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    turns: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+
+    def result(self, ok: bool, *, summary: str = "", error: str | None = None) -> AgentResult:
+        return AgentResult(
+            ok=ok,
+            summary=summary,
+            turns=self.turns,
+            usage=self.usage,
+            cost_usd=self.cost_usd,
+            error=error,
+        )
+
+
+def run_agent(
+    model: Model,
+    toolbox: Toolbox,
+    task_prompt: str,
+    *,
+    system: str,
+    max_turns: int,
+    budget_usd: float,
+    model_name: str,
+    meter: CostMeter,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> AgentResult:
+    """Let the model work on `task_prompt` with the toolbox's tools until it ends its turn.
+
+    Stops with ok=False at `max_turns` model calls, when this run's cost passes `budget_usd`
+    (checked after every call; a final answer that arrives over budget still counts, as
+    nothing more is spent), or on a permanent model error. A transient model error is
+    raised (see the module docstring). Raises UnknownModelError before any call when
+    `model_name` has no price.
+    """
+    meter.price(model_name)
+    messages: list[Message] = [{"role": "user", "content": task_prompt}]
+    tools = toolbox.schemas()
+    progress = _Progress()
+    while True:
+        try:
+            turn = model.complete(
+                system=system, messages=messages, tools=tools, max_tokens=max_tokens
+            )
+        except AgentError as exc:
+            if exc.transient:
+                raise
+            return progress.result(False, error=str(exc))
+        progress.turns += 1
+        progress.usage = progress.usage + turn.usage
+        progress.cost_usd += meter.add(model_name, turn.usage)
+        messages.append({"role": "assistant", "content": turn.content})
+        tool_uses = [block for block in turn.content if block.get("type") == "tool_use"]
+        log.info(
+            "turn %d: stop_reason=%s tools=%s cost=$%.4f",
+            progress.turns,
+            turn.stop_reason,
+            [block.get("name") for block in tool_uses],
+            progress.cost_usd,
+        )
+        if not tool_uses and turn.stop_reason in FINISHED:
+            return progress.result(True, summary=_text_of(turn.content))
+        if not tool_uses and turn.stop_reason == "refusal":
+            return progress.result(False, error="the model refused the task")
+        if progress.cost_usd > budget_usd:
+            error = f"budget exceeded: ${progress.cost_usd:.4f} > ${budget_usd:.4f}"
+            return progress.result(False, error=f"{error} after {progress.turns} turns")
+        if progress.turns >= max_turns:
+            return progress.result(False, error=f"max_turns reached ({max_turns}) before done")
+        if tool_uses:
+            messages.append({"role": "user", "content": _run_tools(toolbox, tool_uses)})
+        else:  # cut off at max_tokens: ask the model to go on
+            messages.append({"role": "user", "content": CONTINUE_PROMPT})
+
+
+def _run_tools(toolbox: Toolbox, tool_uses: list[Block]) -> list[Block]:
+    """One tool_result per tool_use, same ids, in order."""
+    results = []
+    for block in tool_uses:
+        outcome = toolbox.call(str(block.get("name")), block.get("input"))
+        if outcome.is_error:
+            log.info("tool %s refused or failed", block.get("name"))
+        results.append(
+            {
+                "type": "tool_result",
+                "tool_use_id": block.get("id"),
+                "content": outcome.text,
+                "is_error": outcome.is_error,
+            }
+        )
+    return results
+
+
+def _text_of(content: list[Block]) -> str:
+    return "\n".join(block["text"] for block in content if block.get("type") == "text").strip()
+
+
+# ----- prompts -----------------------------------------------------------------------------
+
+
+def load_system_prompt(path: Path = SYSTEM_PROMPT_PATH) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def build_task_prompt(issue: Issue, check_failures: str | None = None) -> str:
+    """The first user message: the issue (body capped) and, on a revision, the output of
+    the checks that failed on the previous attempt (its end kept: that is where the
+    failures are summarised)."""
+    title = " ".join(issue.title.split())
+    body = issue.body.strip() or "(The issue has no description; work from the title.)"
+    if len(body) > MAX_ISSUE_BODY_CHARS:
+        omitted = len(body) - MAX_ISSUE_BODY_CHARS
+        body = body[:MAX_ISSUE_BODY_CHARS] + f"\n[... issue body cut: {omitted} more characters]"
+    parts = [
+        f"Resolve GitHub issue #{issue.number}: {title}",
+        f"<issue>\n{body}\n</issue>",
+    ]
+    if check_failures is not None:
+        output = check_failures.strip()
+        if len(output) > MAX_CHECK_OUTPUT_CHARS:
+            omitted = len(output) - MAX_CHECK_OUTPUT_CHARS
+            output = f"[... {omitted} earlier characters cut]\n" + output[-MAX_CHECK_OUTPUT_CHARS:]
+        parts.append(
+            "This is a revision: your previous change is in the working tree, but these "
+            "checks failed on it. Fix the failures without losing the change.\n"
+            f"<check_failures>\n{output}\n</check_failures>"
+        )
+    parts.append("When you are done, reply with a summary of your change for the pull request.")
+    return "\n\n".join(parts)
