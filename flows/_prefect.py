@@ -348,7 +348,10 @@ def local_server(home: Path | None = None, startup_timeout: float = 120.0) -> It
     try:
         wait_for_api(f"{url}/api", startup_timeout, process)
         with temporary_settings(updates={PREFECT_API_URL: f"{url}/api", PREFECT_UI_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                drain_prefect_workers()  # before the server goes away
     finally:
         process.terminate()
         try:
@@ -373,11 +376,7 @@ def wait_for_api(api_url: str, timeout: float, process: subprocess.Popen[bytes] 
 def wait_until_recorded(flow_run_id: UUID, expected_task_runs: int, timeout: float = 30) -> bool:
     """Flush this process's events and logs, then wait until the server has recorded every
     task run of the flow run. True when all were recorded in time."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    EventsWorker.drain_all(timeout=timeout)
-    APILogWorker.drain_all(timeout=timeout)
+    drain_prefect_workers(timeout)
     deadline = time.monotonic() + timeout
     body = {
         "flow_runs": FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])).model_dump(
@@ -393,6 +392,15 @@ def wait_until_recorded(flow_run_id: UUID, expected_task_runs: int, timeout: flo
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.2)
+
+
+def drain_prefect_workers(timeout: float = 30) -> None:
+    """Send the events and logs this process still holds."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all(timeout=timeout)
+    APILogWorker.drain_all(timeout=timeout)
 
 
 def _free_port() -> int:

@@ -1,6 +1,7 @@
 """Command line: `python -m flows.deploy <command>`.
 
     pipeline   run a pipeline config (the CI job)
+    fleet      resolve ready-for-dev issues with parallel agents, one pull request each
 
 Exit codes: 0 all units succeeded, 1 some failed, 2 bad input (config or arguments).
 """
@@ -53,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="also show Prefect's own log lines"
     )
     pipeline.set_defaults(handler=run_pipeline_command)
+
+    fleet = commands.add_parser(
+        "fleet", help="resolve ready-for-dev issues with parallel agents, one pull request each"
+    )
+    fleet.add_argument("--mode", choices=("test", "local", "distributed"), default="test")
+    fleet.add_argument("--config", type=Path, help="YAML file with a `fleet:` section")
+    fleet.add_argument("--repo", help="OWNER/NAME of the GitHub repository (local mode)")
+    fleet.add_argument("--workers", type=positive_int, help="parallel agent workers")
+    fleet.add_argument("--workspace", help="workspace root (default ./parallel_workspace, "
+                       "or $WORKSPACE_DIR)")  # fmt: skip
+    fleet.add_argument("--report-dir", type=Path, help="default <workspace>/.fleet/report")
+    fleet.add_argument("--monitor-duration", type=float, default=0.0,
+                       help="keep polling for new issues for this many seconds")  # fmt: skip
+    fleet.add_argument("--mock-issues", type=int, help="test mode: mock issues to add")
+    fleet.add_argument("--agent-seconds", type=float, help="test mode: time per simulated agent")
+    fleet.add_argument("--failure-rate", type=float, help="test mode: share of agents that fail")
+    fleet.add_argument("--verbose", action="store_true", help="also show Prefect's log lines")
+    fleet.set_defaults(handler=run_fleet_command)
     return parser
 
 
@@ -101,6 +120,59 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def run_fleet_command(args: argparse.Namespace) -> int:
+    import time
+
+    from flows.fleet.config import load_fleet_config
+    from flows.fleet.flow import connect, default_report_dir, fleet
+    from flows.leader import observing
+    from flows.status import StatusBoard
+
+    overrides = {
+        "mode": args.mode, "repo": args.repo, "workers": args.workers,
+        "workspace": args.workspace, "mock_issues": args.mock_issues,
+        "agent_seconds": args.agent_seconds, "failure_rate": args.failure_rate,
+    }  # fmt: skip
+    settings = load_fleet_config(args.config, overrides)
+    if settings.mode == "distributed":
+        raise ConfigError("command line", "--mode", "distributed mode runs through Prefect "
+                          "deployments and work pools; it is not available yet")  # fmt: skip
+    connect(settings)  # bad tokens, repositories or labels fail here, before any work
+    overrides["mock_issues"] = 0  # test mode: the issues were just added
+    report_root = (args.report_dir or default_report_dir(settings)).resolve()
+    config_path = str(args.config.resolve()) if args.config else None
+    deadline = time.monotonic() + args.monitor_duration
+    reports: list[Report] = []
+    with (
+        prefect_api() as started_server,
+        _prefect.leader_session(),
+        _prefect.quiet_run_logs(not args.verbose),
+        StatusBoard(f"fleet {settings.repo or 'test'}") as board,
+        observing(board),
+    ):
+        while True:
+            report_dir = (
+                report_root / f"poll-{len(reports) + 1}" if args.monitor_duration else report_root
+            )
+            state = fleet(config_path=config_path, overrides=overrides,
+                          report_dir=str(report_dir), return_state=True)  # fmt: skip
+            report = _prefect.state_result(state)
+            reports.append(report)
+            if started_server and report.flow_run_id:
+                ran = sum(1 for t in report.tasks if t.worker) + (report.setup.status != "none")
+                _prefect.wait_until_recorded(report.flow_run_id, ran)
+            if time.monotonic() >= deadline:
+                break
+            if not report.tasks:
+                time.sleep(
+                    min(settings.poll_interval_seconds, max(0.0, deadline - time.monotonic()))
+                )
+    for report in reports:
+        if report.tasks or len(reports) == 1:
+            print_summary(report, report_root, temporary_ui=started_server)
+    return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
 @contextlib.contextmanager
 def prefect_api() -> Iterator[bool]:
     """Use the configured Prefect API, or start a local server for this run.
@@ -130,7 +202,12 @@ def print_summary(report: Report, report_dir: Path, temporary_ui: bool) -> None:
         print(f"   setup: {setup.status}, {hit}, {setup.duration_s:.1f}s (key {setup.key})")
         if setup.status == "failed":
             print("   setup log tail:\n" + _indent(setup.log_tail))
+    if s.cost_usd is not None:
+        print(f"   cost: ${s.cost_usd:.4f}")
     for task in report.tasks:
+        pull_request = getattr(task, "pull_request", None)
+        if pull_request:
+            print(f"   {task.name}: {pull_request}")
         if task.failed:
             print(f"   {task.name} {task.status}; log tail:\n" + _indent(task.log_tail, 8))
     print(f"   report: {report_dir / 'report.md'} and report.json")

@@ -78,6 +78,7 @@ class Summary(BaseModel):
     throughput_per_min: float
     speedup: float
     efficiency: float
+    cost_usd: float | None = None  # the fleet's model spend; None for the pipeline
 
 
 class Report(BaseModel):
@@ -123,7 +124,14 @@ def summarize(results: Sequence[UnitResult], tiers: Sequence[TierTiming], wall_s
         throughput_per_min=round(ran / wall_s * 60, 2) if wall_s > 0 else 0.0,
         speedup=round(speedup, 3),
         efficiency=round(speedup / available, 3) if available > 0 else 0.0,
+        cost_usd=_total_cost(results),
     )
+
+
+def _total_cost(results: Sequence[UnitResult]) -> float | None:
+    costs = [getattr(r, "cost_usd", None) for r in results]
+    known = [c for c in costs if c is not None]
+    return round(sum(known), 6) if known else None
 
 
 def write_report(report: Report, report_dir: Path) -> tuple[Path, Path]:
@@ -138,6 +146,8 @@ def write_report(report: Report, report_dir: Path) -> tuple[Path, Path]:
 def report_json(report: Report) -> dict[str, object]:
     data = report.model_dump(mode="json")
     data["tasks"] = [t.model_dump(mode="json") for t in report.tasks]  # keep subclass fields
+    if report.summary.cost_usd is None:
+        del data["summary"]["cost_usd"]
     return data
 
 
@@ -172,6 +182,7 @@ def render_markdown(report: Report) -> str:
         f"| throughput | {s.throughput_per_min:.1f} tasks/min |",
         f"| speedup | {s.speedup:.2f}x |",
         f"| efficiency | {s.efficiency:.0%} |",
+        *([f"| cost | ${s.cost_usd:.4f} |"] if s.cost_usd is not None else []),
         f"| setup | {_setup_text(report.setup)} |",
         "",
     ]

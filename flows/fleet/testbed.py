@@ -1,0 +1,60 @@
+"""Test mode's stand-ins for GitHub: a local bare repository (branches, commits and pushes
+are real git objects) and a file-backed tracker seeded with mock issues."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from flows.fleet.tracker import Labels, LocalTracker, generate_mock_issues
+from flows.fleet.workspace import GitAuth, run_git
+
+DEFAULT_BRANCH = "main"
+CHECKS_CONFIG = """\
+# The repository's checks: the fleet runs these after each agent attempt.
+name: checks
+tasks:
+  - name: changes-present
+    priority: 1
+    run: test -n "$(ls changes 2>/dev/null)"
+  - name: changes-titled
+    priority: 1
+    run: for f in changes/*.md; do head -n 1 "$f" | grep -q '^# ' || exit 1; done
+"""
+
+
+def testbed_dir(workspace: Path) -> Path:
+    return workspace / ".testbed"
+
+
+def ensure_remote(workspace: Path) -> str:
+    """The bare repository standing in for the GitHub repo; returns its clone URL."""
+    remote = testbed_dir(workspace) / "remote.git"
+    if (remote / "HEAD").exists():
+        return str(remote)
+    remote.parent.mkdir(parents=True, exist_ok=True)
+    auth = GitAuth()
+    run_git(["init", "--quiet", "--bare", f"--initial-branch={DEFAULT_BRANCH}", str(remote)],
+            cwd=remote.parent, auth=auth)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="testbed-") as tmp:
+        seed = Path(tmp)
+        (seed / "README.md").write_text("# Demo repository for the fleet's test mode\n")
+        (seed / ".multi-agent.yml").write_text(CHECKS_CONFIG)
+        run_git(["init", "--quiet", f"--initial-branch={DEFAULT_BRANCH}"], cwd=seed, auth=auth)
+        run_git(["add", "-A"], cwd=seed, auth=auth)
+        run_git(["-c", "user.name=fleet", "-c", "user.email=fleet@localhost", "commit",
+                 "--quiet", "-m", "Initial commit"], cwd=seed, auth=auth)  # fmt: skip
+        run_git(["push", "--quiet", str(remote), DEFAULT_BRANCH], cwd=seed, auth=auth)
+    return str(remote)
+
+
+def ensure_tracker(workspace: Path, mock_issues: int, labels: Labels) -> LocalTracker:
+    """The mock tracker; `mock_issues` new ready issues are added on every start."""
+    path = testbed_dir(workspace) / "tracker.json"
+    try:
+        return LocalTracker.create(path, generate_mock_issues(mock_issues, labels.ready), labels)
+    except FileExistsError:
+        tracker = LocalTracker(path, labels)
+        for issue in generate_mock_issues(mock_issues, labels.ready):
+            tracker.add_issue(issue.title, issue.body, issue.labels)
+        return tracker

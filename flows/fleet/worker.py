@@ -1,0 +1,319 @@
+"""A fleet worker: one issue from claim to pull request.
+
+claim -> workspace on ai-feature/issue-N -> agent -> the repository's checks -> revise (up
+to max_revisions) -> commit, push, pull request -> labels. Every failure fails only this
+issue: it is labelled ai-failed with a comment saying why, and its workspace is kept for
+inspection unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flows.commands import read_tail
+from flows.config import ConfigError, load_config
+from flows.fleet.agent import AgentError, Model, build_task_prompt, run_agent
+from flows.fleet.config import FleetConfig
+from flows.fleet.cost import CostMeter
+from flows.fleet.models import AgentResult, Issue, IssueResult, PullRequest
+from flows.fleet.tools import Toolbox, scrubbed_env
+from flows.fleet.tracker import Tracker, TrackerError
+from flows.fleet.workspace import Mirror, Workspace, WorkspaceError, prepare_workspace
+from flows.pipeline.matrix import build_matrix
+from flows.pipeline.setup import cache_env, plan_setup, run_setup
+from flows.pipeline.worker import WorkerContext, run_task
+from flows.report import Status
+
+
+@dataclass(frozen=True)
+class IssueUnit:
+    """An issue as a leader work unit: its priority label is its tier."""
+
+    issue: Issue
+    priority: int
+    continue_on_error: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.issue.name
+
+
+@dataclass(frozen=True)
+class FleetContext:
+    """What every worker of one fleet run shares (clients are injected here)."""
+
+    settings: FleetConfig
+    tracker: Tracker
+    mirror: Mirror
+    default_branch: str
+    model_for: Callable[[Issue], Model]
+    system_prompt: str
+    claimant: str
+    report_dir: Path
+    author: tuple[str, str] = ("prefect-fleet", "fleet@localhost")
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.settings.workspace)
+
+
+class _IssueLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(f"{datetime.now(UTC):%H:%M:%S} {line}\n")
+
+
+def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResult:
+    issue = unit.issue
+    started = datetime.now(UTC)
+    log = _IssueLog(ctx.report_dir / "logs" / f"{issue.name}.log")
+    meter = CostMeter()
+    outcome = _Outcome()
+    if not ctx.tracker.claim(issue, f"{ctx.claimant}/{worker}"):
+        log(f"#{issue.number} was claimed by another worker or fleet: skipped")
+        outcome.status = "skipped"
+        return _result(unit, worker, started, outcome, meter, log)
+    workspace: Workspace | None = None
+    try:
+        workspace = prepare_workspace(
+            ctx.mirror, ctx.root, worker, issue.number, ctx.default_branch
+        )
+        log(f"workspace {workspace.path} on {workspace.branch}"
+            + (" (continuing an earlier branch)" if workspace.resumed else ""))  # fmt: skip
+        agent, checks = _implement(issue, workspace, ctx, meter, log, outcome)
+        if agent.ok and checks.passed:
+            pull = _publish(issue, workspace, ctx, agent, checks, meter, outcome)
+            outcome.pull_request = pull.url
+            outcome.status = "succeeded"
+            log(f"pull request {pull.url} ({'opened' if pull.created else 'updated'})")
+            ctx.tracker.finish(issue, True, f"Pull request: {pull.url}")
+        else:
+            reason = agent.error if not agent.ok else f"checks still failing:\n{checks.report}"
+            _fail(issue, ctx, log, outcome, reason or "the agent gave up")
+    except (WorkspaceError, TrackerError, OSError) as exc:
+        _fail(issue, ctx, log, outcome, f"{exc.__class__.__name__}: {exc}")
+    finally:
+        if workspace is not None and (
+            outcome.status == "succeeded" or not ctx.settings.keep_failed_workspaces
+        ):
+            workspace.cleanup()
+    return _result(unit, worker, started, outcome, meter, log)
+
+
+@dataclass
+class _Outcome:
+    status: Status = "failed"
+    attempts: int = 0
+    pull_request: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    passed: bool
+    report: str
+    ran: int = 0
+
+
+def _implement(
+    issue: Issue,
+    workspace: Workspace,
+    ctx: FleetContext,
+    meter: CostMeter,
+    log: _IssueLog,
+    outcome: _Outcome,
+) -> tuple[AgentResult, CheckReport]:
+    """Agent, checks, and up to max_revisions more rounds while the checks fail."""
+    failures: str | None = None
+    checks = CheckReport(True, "")
+    agent = AgentResult(ok=False, error="not started")
+    for revision in range(ctx.settings.max_revisions + 1):
+        agent = _run_agent_with_retries(issue, workspace, ctx, meter, log, outcome, failures)
+        if not agent.ok:
+            return agent, checks
+        if not workspace.changed_files():
+            return AgentResult(ok=False, error="the agent changed no file"), checks
+        checks = run_checks(workspace.path, ctx, issue)
+        log(f"checks after round {revision + 1}: {'passed' if checks.passed else 'failed'}")
+        if checks.passed:
+            break
+        failures = checks.report
+    return agent, checks
+
+
+def _run_agent_with_retries(
+    issue: Issue,
+    workspace: Workspace,
+    ctx: FleetContext,
+    meter: CostMeter,
+    log: _IssueLog,
+    outcome: _Outcome,
+    failures: str | None,
+) -> AgentResult:
+    settings = ctx.settings
+    for retry in range(settings.max_agent_retries + 1):
+        outcome.attempts += 1
+        toolbox = Toolbox(workspace.path, command_timeout=settings.command_timeout)
+        try:
+            result = run_agent(
+                ctx.model_for(issue), toolbox, build_task_prompt(issue, failures),
+                system=ctx.system_prompt, max_turns=settings.max_turns,
+                budget_usd=max(0.0, settings.budget_usd_per_issue - meter.total_usd),
+                model_name=settings.model, meter=meter, max_tokens=settings.max_tokens,
+            )  # fmt: skip
+        except AgentError as exc:  # transient: the SDK already retried the call itself
+            if retry == settings.max_agent_retries:
+                return AgentResult(ok=False, error=f"model unavailable: {exc}")
+            delay = settings.retry_backoff_seconds * 2**retry
+            log(f"transient model error ({exc}); retrying in {delay:g}s")
+            ctx.sleep(delay)
+            continue
+        log(f"agent: {'done' if result.ok else 'failed'} in {result.turns} turns, "
+            f"${result.cost_usd:.4f}" + (f": {result.error}" if result.error else ""))  # fmt: skip
+        return result
+    raise AssertionError("unreachable")
+
+
+def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
+    """The repository's own pipeline config, run in the workspace (no secrets in its env)."""
+    if ctx.settings.checks_config is None:
+        return CheckReport(True, "no checks configured")
+    config_path = workdir / ctx.settings.checks_config
+    if not config_path.is_file():
+        return CheckReport(True, f"the repository has no {ctx.settings.checks_config}")
+    try:
+        config = load_config(config_path)
+        matrix = build_matrix(config, config_path)
+        setup = plan_setup(config, config_path, matrix.workdir)
+    except ConfigError as exc:
+        return CheckReport(False, f"invalid checks config: {exc}")
+    report_dir = ctx.report_dir / "checks" / issue.name
+    env = cache_env(setup, scrubbed_env(os.environ, home=workdir))
+    if setup is not None:
+        summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log")
+        if summary.status == "failed":
+            return CheckReport(False, f"checks setup failed:\n{summary.log_tail}")
+    worker_ctx = WorkerContext(workdir=matrix.workdir, env=env, report_dir=report_dir)
+    results = [run_task(spec, "checks", worker_ctx) for spec in matrix.tasks]
+    failed = [r for r in results if r.failed]
+    if not failed:
+        return CheckReport(True, f"all {len(results)} checks passed", len(results))
+    details = "\n\n".join(f"{r.name} ({r.status}):\n{r.log_tail}" for r in failed)
+    return CheckReport(False, f"{len(failed)} of {len(results)} checks failed\n\n{details}",
+                       len(results))  # fmt: skip
+
+
+def _publish(
+    issue: Issue,
+    workspace: Workspace,
+    ctx: FleetContext,
+    agent: AgentResult,
+    checks: CheckReport,
+    meter: CostMeter,
+    outcome: _Outcome,
+) -> PullRequest:
+    files = workspace.changed_files()
+    name, email = ctx.author
+    workspace.commit_all(f"{issue.title}\n\nCloses #{issue.number}", name, email)
+    workspace.push()
+    body = pull_request_body(
+        issue, agent, checks, files, meter, ctx.settings.model, outcome.attempts
+    )
+    return ctx.tracker.open_pull_request(issue, workspace.branch, _title(issue), body)
+
+
+def pull_request_body(
+    issue: Issue,
+    agent: AgentResult,
+    checks: CheckReport,
+    files: list[str],
+    meter: CostMeter,
+    model: str,
+    attempts: int,
+) -> str:
+    usage = meter.usage
+    lines = [
+        f"Closes #{issue.number}",
+        "",
+        "## What changed",
+        "",
+        agent.summary.strip() or "(no summary)",
+        "",
+        *[f"- `{path}`" for path in files[:50]],
+        "",
+        "## Checks",
+        "",
+        ("✅ " if checks.passed else "❌ ") + checks.report.splitlines()[0],
+        "",
+        "## Cost",
+        "",
+        f"${meter.total_usd:.4f} with {model}: {meter.calls} calls, {usage.input_tokens} input / "
+        f"{usage.output_tokens} output tokens ({usage.cache_read_input_tokens} cache reads, "
+        f"{usage.cache_creation_input_tokens} cache writes), {attempts} agent attempt(s).",
+    ]
+    return "\n".join(lines)
+
+
+def _title(issue: Issue) -> str:
+    title = " ".join(issue.title.split())
+    return title if len(title) <= 120 else title[:117] + "..."
+
+
+def _fail(issue: Issue, ctx: FleetContext, log: _IssueLog, outcome: _Outcome, reason: str) -> None:
+    outcome.status = "failed"
+    log(f"failed: {reason}")
+    try:
+        ctx.tracker.finish(issue, False, f"The agent could not resolve this issue:\n\n{reason}")
+    except TrackerError as exc:
+        log(f"could not label the issue as failed: {exc}")
+
+
+def _result(
+    unit: IssueUnit,
+    worker: str,
+    started: datetime,
+    outcome: _Outcome,
+    meter: CostMeter,
+    log: _IssueLog,
+) -> IssueResult:
+    ended = datetime.now(UTC)
+    return IssueResult(
+        name=unit.name,
+        priority=unit.priority,
+        status=outcome.status,
+        attempts=outcome.attempts,
+        started_at=started,
+        ended_at=ended,
+        duration_s=round((ended - started).total_seconds(), 4),
+        worker=worker,
+        log_tail=read_tail(log.path),
+        issue=unit.issue.number,
+        branch=unit.issue.branch,
+        pull_request=outcome.pull_request,
+        cost_usd=round(meter.total_usd, 6),
+    )
+
+
+def skipped_issue(unit: IssueUnit, reason: str) -> IssueResult:
+    return IssueResult(
+        name=unit.name, priority=unit.priority, status="skipped", log_tail=f"skipped: {reason}",
+        issue=unit.issue.number, branch=unit.issue.branch,
+    )  # fmt: skip
+
+
+def crashed_issue(unit: IssueUnit, worker: str, error: BaseException) -> IssueResult:
+    return IssueResult(
+        name=unit.name, priority=unit.priority, status="failed", worker=worker,
+        log_tail=f"worker crashed: {error.__class__.__name__}: {error}",
+        issue=unit.issue.number, branch=unit.issue.branch,
+    )  # fmt: skip

@@ -1,0 +1,197 @@
+"""The fleet end to end: test mode through the CLI (real git objects against a local bare
+repository), and local mode through the real PyGithub and anthropic clients against
+loopback stand-ins of GitHub and the Messages API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows._prefect import leader_session, state_result
+from flows.fleet.flow import fleet
+from flows.fleet.tracker import Labels, LocalTracker
+from flows.report import Report
+from tests.conftest import REPO, run_cli
+from tests.fakes.anthropic_api import FakeAnthropic, text_turn, tool_turn
+from tests.fakes.github_api import FakeGitHub
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def fleet_args(workspace: Path, *extra: str) -> list[str]:
+    return ["fleet", "--mode", "test", "--workspace", str(workspace), "--agent-seconds", "0.2",
+            *extra]  # fmt: skip
+
+
+def remote_branches(workspace: Path) -> set[str]:
+    remote = workspace / ".testbed" / "remote.git"
+    out = subprocess.run(
+        ["git", "-C", str(remote), "branch", "--format=%(refname:short)"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return set(out.split())
+
+
+def tracker(workspace: Path) -> LocalTracker:
+    return LocalTracker(workspace / ".testbed" / "tracker.json", Labels())
+
+
+def test_mode_resolves_every_issue_with_a_pull_request(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    workspace = tmp_path / "ws"
+    result = run_cli(fleet_args(workspace, "--workers", "3", "--mock-issues", "5"), cli_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((workspace / ".fleet" / "report" / "report.json").read_text())
+    assert report["kind"] == "fleet" and report["summary"]["succeeded"] == 5
+    assert report["summary"]["cost_usd"] > 0
+    tasks = report["tasks"]
+    assert {t["issue"] for t in tasks} == {1, 2, 3, 4, 5}
+    assert all(t["pull_request"].startswith("local://pulls/") for t in tasks)
+    assert all(t["branch"] == f"ai-feature/issue-{t['issue']}" and t["cost_usd"] > 0 for t in tasks)
+    assert remote_branches(workspace) == {"main"} | {f"ai-feature/issue-{n}" for n in range(1, 6)}
+    store = tracker(workspace)
+    assert len(store.pulls()) == 5
+    assert all("ai-review" in store.labels_of(n) for n in range(1, 6))
+    assert all("Closes #" in pull.body and "## Cost" in pull.body for pull in store.pulls())
+    # workspace isolation: one folder per worker and issue, cleaned after success
+    assert not list(workspace.glob("worker-*/issue-*"))
+    assert {t["worker"] for t in tasks} <= {"worker-01", "worker-02", "worker-03"}
+
+
+def test_failure_isolation_and_kept_workspaces(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    workspace = tmp_path / "ws"
+    result = run_cli(
+        fleet_args(workspace, "--workers", "2", "--mock-issues", "8", "--failure-rate", "0.5"),
+        cli_env,
+    )
+    assert result.returncode == 1
+    report = json.loads((workspace / ".fleet" / "report" / "report.json").read_text())
+    failed = [t for t in report["tasks"] if t["status"] == "failed"]
+    succeeded = [t for t in report["tasks"] if t["status"] == "succeeded"]
+    assert failed and succeeded and len(failed) + len(succeeded) == 8
+    store = tracker(workspace)
+    for task in failed:
+        assert "ai-failed" in store.labels_of(task["issue"])
+        assert any("simulated agent failure" in c for c in store.comments(task["issue"]))
+        assert task["pull_request"] is None
+        assert (workspace / task["worker"] / f"issue-{task['issue']}").is_dir()  # kept
+    assert len(store.pulls()) == len(succeeded)
+
+
+def test_two_overlapping_fleets_never_share_an_issue(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    workspace = tmp_path / "ws"
+    seed = run_cli(fleet_args(workspace, "--mock-issues", "0"), cli_env)
+    assert seed.returncode == 0, seed.stdout + seed.stderr
+    store = tracker(workspace)
+    for index in range(10):
+        store.add_issue(f"Shared issue {index}", "body")
+    command = [sys.executable, "-m", "flows.deploy",
+               *fleet_args(workspace, "--workers", "3", "--mock-issues", "0")]  # fmt: skip
+    fleets = [
+        subprocess.Popen([*command, "--report-dir", str(tmp_path / f"r{i}")], cwd=REPO,
+                         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    outputs = [process.communicate(timeout=300)[0] for process in fleets]
+    assert [process.returncode for process in fleets] == [0, 0], outputs
+    handled: list[int] = []
+    for i in range(2):
+        report = json.loads((tmp_path / f"r{i}" / "report.json").read_text())
+        handled += [t["issue"] for t in report["tasks"] if t["status"] == "succeeded"]
+    assert sorted(handled) == [issue.number for issue in store.issues()]  # each exactly once
+    branches = [pull.branch for pull in store.pulls()]
+    assert len(branches) == len(set(branches)) == 10
+
+
+def test_rerun_after_a_crash_updates_the_existing_pull_request(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    workspace = tmp_path / "ws"
+    assert run_cli(fleet_args(workspace, "--mock-issues", "1"), cli_env).returncode == 0
+    store = tracker(workspace)
+    # as if a crashed run had left the issue: ready again, branch and PR already there
+    store.release(store.issues()[0], "simulated crash")
+    assert run_cli(fleet_args(workspace, "--mock-issues", "0"), cli_env).returncode == 0
+    assert len(store.pulls()) == 1
+    assert remote_branches(workspace) == {"main", "ai-feature/issue-1"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "local"], "repo: required in local mode"),
+        (["--mode", "local", "--repo", "acme/widgets"], "GITHUB_TOKEN: not set"),
+        (["--mode", "local", "--repo", "acme/widgets; rm -rf /"], "repo: must match"),
+        (["--mode", "distributed"], "--mode: distributed mode"),
+        (["--workers", "0"], "--workers: expected a positive integer"),
+        (["--failure-rate", "2"], "failure_rate: Input should be less than or equal to 1"),
+    ],
+)
+def test_bad_input_is_a_clear_error(
+    tmp_path: Path, cli_env: dict[str, str], args: list[str], message: str
+) -> None:
+    env = {k: v for k, v in cli_env.items() if k not in ("GITHUB_TOKEN", "ANTHROPIC_API_KEY")}
+    result = run_cli(["fleet", "--workspace", str(tmp_path / "ws"), *args], env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def bare_repo(path: Path) -> Path:
+    seed = path.parent / "seed"
+    seed.mkdir(parents=True)
+    (seed / "README.md").write_text("# widgets\n")
+    for argv in (["init", "-q", "-b", "main"], ["add", "-A"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+                 ["clone", "-q", "--bare", str(seed), str(path)]):  # fmt: skip
+        subprocess.run(["git", *argv], cwd=seed, check=True, capture_output=True)
+    return path
+
+
+def test_local_mode_through_real_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = bare_repo(tmp_path / "remote.git")
+    secret = "ghp_very-secret-token"
+    with FakeGitHub(token=secret, owner="acme", repo="widgets", clone_url=str(remote)) as github, \
+            FakeAnthropic(api_key="sk-ant-test") as claude:  # fmt: skip
+        for label in ("ready-for-dev", "in-progress", "ai-review", "ai-failed"):
+            github.add_label(label)
+        first = github.add_issue("Add a greeting file", "Please add hello.txt", ["ready-for-dev"])
+        github.add_issue("Not ready yet", "", [])
+        claude.add(
+            tool_turn("write_file", {"path": "hello.txt", "content": "hello\n"}, block_id="tu_1"),
+            text_turn("Added hello.txt."),
+        )
+        monkeypatch.setenv("GITHUB_API_URL", github.base_url)
+        monkeypatch.setenv("GITHUB_TOKEN", secret)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", claude.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+        overrides: dict[str, Any] = {
+            "mode": "local", "repo": "acme/widgets", "workers": 1,
+            "workspace": str(tmp_path / "ws"), "model": "claude-sonnet-4-6",
+        }  # fmt: skip
+        with leader_session():
+            state = fleet(overrides=overrides, report_dir=str(tmp_path / "report"),
+                          return_state=True)  # fmt: skip
+        report = state_result(state)
+        assert isinstance(report, Report) and report.ok, report
+        assert [t.name for t in report.tasks] == [f"issue-{first}"]
+        pulls = github.pulls
+        assert len(pulls) == 1 and pulls[0]["head"]["ref"] == f"ai-feature/issue-{first}"
+        assert f"Closes #{first}" in pulls[0]["body"] and "## Cost" in pulls[0]["body"]
+        assert set(github.label_names(first)) == {"ai-review"}
+        assert len(claude.requests) == 2
+        assert claude.requests[1]["messages"][-1]["content"][0]["tool_use_id"] == "tu_1"
+    show = ["git", "-C", str(remote), "show", f"ai-feature/issue-{first}:hello.txt"]
+    pushed = subprocess.run(show, capture_output=True, text=True, check=True).stdout
+    assert pushed == "hello\n"
+    for folder in (tmp_path / "report", tmp_path / "ws"):  # logs, reports, mirror, git config
+        for path in (p for p in folder.rglob("*") if p.is_file()):
+            assert secret.encode() not in path.read_bytes(), path
