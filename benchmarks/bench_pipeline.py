@@ -17,7 +17,6 @@ benchmarks/results/pipeline.json and pipeline.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -189,41 +188,6 @@ def example_cold_warm(directory: Path) -> dict[str, Any]:
     return runs
 
 
-@contextlib.contextmanager
-def server_database(name: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for the server when one is reachable, else SQLite.
-
-    The SQLite server falls behind under thousands of task-run events (its writes queue,
-    API calls get retried with 2 s sleeps), which would measure the database, not us.
-    """
-    import asyncio
-
-    import asyncpg  # type: ignore[import-untyped]  # Prefect's own PostgreSQL driver
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(user="postgres", host="127.0.0.1", database="postgres")
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    try:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}"'))
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"PostgreSQL not reachable ({exc}); using SQLite", flush=True)
-        yield "sqlite"
-        return
-    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
-        f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    )
-    try:
-        yield "postgresql"
-    finally:
-        os.environ.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 def render(results: dict[str, Any]) -> str:
     lines = [
         "# Pipeline benchmark",
@@ -293,6 +257,7 @@ def main() -> int:
         sys.path.insert(0, str(ROOT))
         import prefect
 
+        from benchmarks.common import server_database
         from flows._prefect import local_server, quiet_run_logs
 
         with server_database(f"bench_{os.getpid()}") as database, local_server(), quiet_run_logs():

@@ -52,6 +52,7 @@ class LeaderPlan(Generic[U, R]):
     fail_fast: bool = False
     setup: Callable[[], SetupSummary] | None = None
     describe: Callable[[U], str] = field(default=lambda unit: "")
+    tier_barriers: bool = True  # False: priorities order the queue, no tier waits for another
 
     @property
     def units(self) -> list[U]:
@@ -172,6 +173,7 @@ def _run_tiers(
             max_parallel=plan.max_parallel,
             fail_fast=plan.fail_fast,
             observers=observers,
+            barriers=plan.tier_barriers,
         )
         return scheduler.run(plan.tiers)
 
@@ -186,6 +188,8 @@ def _publish_tables(
             for result in report.tasks
             if result.priority == tier.priority
         ]
+        if not rows:
+            continue
         publisher.table(
             _prefect.artifact_key(plan.kind, plan.name, f"tier-{tier.priority}"),
             rows,

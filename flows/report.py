@@ -186,15 +186,21 @@ def render_markdown(report: Report) -> str:
         f"| setup | {_setup_text(report.setup)} |",
         "",
     ]
+    names = {tier.priority: tier.name for tier in report.tiers}
     for tier in report.tiers:
+        lines.append(
+            f"- {tier.name}: {tier.tasks} tasks on {tier.slots} workers, {tier.wall_s:.1f}s"
+        )
+    lines.append("")
+    for priority in sorted({t.priority for t in report.tasks}):
+        name = names.get(priority, f"priority-{priority}")
         lines += [
-            f"## Tier {tier.priority}: {tier.name} ({tier.tasks} tasks, {tier.slots} workers, "
-            f"{tier.wall_s:.1f}s)",
+            f"## Tier {priority}: {name}",
             "",
             "| task | status | worker | attempts | exit | duration |",
             "|---|---|---|---|---|---|",
         ]
-        for r in (t for t in report.tasks if t.priority == tier.priority):
+        for r in (t for t in report.tasks if t.priority == priority):
             exit_code = "" if r.exit_code is None else str(r.exit_code)
             lines.append(
                 f"| {r.name} | {STATUS_ICONS[r.status]} {r.status} | {r.worker or ''} | "

@@ -95,8 +95,20 @@ class Scheduler(Generic[U, R]):
     max_parallel: int
     fail_fast: bool = False
     observers: Sequence[Observer] = ()
+    barriers: bool = True
 
     def run(self, tiers: Sequence[Tier[U]]) -> tuple[list[R], list[TierTiming]]:
+        """Run the tiers in priority order.
+
+        With barriers (the pipeline: later tiers depend on earlier ones) a tier starts when
+        the previous one has ended. Without (the fleet: issues are independent) priority
+        only orders the queue, so a free worker takes the most urgent unit left at once.
+        """
+        if not self.barriers and len(tiers) > 1:
+            merged = Tier(
+                tiers[0].priority, "by priority", tuple(u for t in tiers for u in t.units)
+            )
+            tiers = [merged]
         halt = _Halt()
         results: list[R] = []
         timings: list[TierTiming] = []

@@ -195,3 +195,18 @@ def test_local_mode_through_real_clients(tmp_path: Path, monkeypatch: pytest.Mon
     for folder in (tmp_path / "report", tmp_path / "ws"):  # logs, reports, mirror, git config
         for path in (p for p in folder.rglob("*") if p.is_file()):
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_unknown_label_on_the_repository_is_a_clear_error(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    with FakeGitHub(token="t0ken", owner="acme", repo="widgets") as github:
+        github.add_label("ready-for-dev")  # the other three are missing
+        env = {**cli_env, "GITHUB_API_URL": github.base_url, "GITHUB_TOKEN": "t0ken",
+               "ANTHROPIC_API_KEY": "sk-ant-test"}  # fmt: skip
+        result = run_cli(["fleet", "--mode", "local", "--repo", "acme/widgets",
+                          "--workspace", str(tmp_path / "ws")], env)  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "acme/widgets has no label" in result.stderr and "in-progress" in result.stderr
+    assert "t0ken" not in result.stdout + result.stderr
+    assert not github.pulls

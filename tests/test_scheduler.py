@@ -141,3 +141,22 @@ def test_submit_errors_fail_only_their_unit() -> None:
     results, _ = scheduler.run(build_tiers([Unit("unlucky", 1), Unit("fine", 1)]))
     assert [r.status for r in results] == ["failed", "succeeded"]
     assert results[0].log_tail == "API down"
+
+
+def test_without_barriers_priority_orders_but_nobody_waits() -> None:
+    units = [Unit("slow-urgent", 1, 0.6), Unit("quick-urgent", 1, 0.05), Unit("normal", 2, 0.05)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+            submit=lambda unit, worker: pool.submit(work, unit, worker),
+            skipped=lambda u, r: UnitResult(name=u.name, priority=u.priority, status="skipped"),
+            crashed=lambda u, w, e: UnitResult(name=u.name, priority=u.priority, status="failed"),
+            max_parallel=2,
+            barriers=False,
+        )
+        results, timings = scheduler.run(build_tiers(units))
+    by_name = {r.name: r for r in results}
+    slow_end = by_name["slow-urgent"].ended_at
+    normal_start = by_name["normal"].started_at
+    assert slow_end and normal_start and normal_start < slow_end  # did not wait for tier 1
+    assert by_name["quick-urgent"].started_at <= normal_start  # but urgent went first
+    assert len(timings) == 1 and timings[0].tasks == 3

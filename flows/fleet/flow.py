@@ -137,6 +137,7 @@ def fleet_plan(
         report_dir=report_dir,
         setup=update_mirror if units else None,
         describe=lambda unit: f"#{unit.issue.number} {unit.issue.title}",
+        tier_barriers=False,  # issues are independent: urgent first, but nobody waits
     )
 
 

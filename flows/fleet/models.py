@@ -85,3 +85,6 @@ class IssueResult(UnitResult):
     branch: str
     pull_request: str | None = None
     cost_usd: float = 0.0
+    stages: dict[str, float] = Field(
+        default_factory=dict, description="Seconds spent per stage: claim, workspace, agent, ..."
+    )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,24 +81,29 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
     log = _IssueLog(ctx.report_dir / "logs" / f"{issue.name}.log")
     meter = CostMeter()
     outcome = _Outcome()
-    if not ctx.tracker.claim(issue, f"{ctx.claimant}/{worker}"):
+    with outcome.stage("claim"):
+        claimed = ctx.tracker.claim(issue, f"{ctx.claimant}/{worker}")
+    if not claimed:
         log(f"#{issue.number} was claimed by another worker or fleet: skipped")
         outcome.status = "skipped"
         return _result(unit, worker, started, outcome, meter, log)
     workspace: Workspace | None = None
     try:
-        workspace = prepare_workspace(
-            ctx.mirror, ctx.root, worker, issue.number, ctx.default_branch
-        )
+        with outcome.stage("workspace"):
+            workspace = prepare_workspace(
+                ctx.mirror, ctx.root, worker, issue.number, ctx.default_branch
+            )
         log(f"workspace {workspace.path} on {workspace.branch}"
             + (" (continuing an earlier branch)" if workspace.resumed else ""))  # fmt: skip
         agent, checks = _implement(issue, workspace, ctx, meter, log, outcome)
         if agent.ok and checks.passed:
-            pull = _publish(issue, workspace, ctx, agent, checks, meter, outcome)
+            with outcome.stage("publish"):
+                pull = _publish(issue, workspace, ctx, agent, checks, meter, outcome)
             outcome.pull_request = pull.url
             outcome.status = "succeeded"
             log(f"pull request {pull.url} ({'opened' if pull.created else 'updated'})")
-            ctx.tracker.finish(issue, True, f"Pull request: {pull.url}")
+            with outcome.stage("finish"):
+                ctx.tracker.finish(issue, True, f"Pull request: {pull.url}")
         else:
             reason = agent.error if not agent.ok else f"checks still failing:\n{checks.report}"
             _fail(issue, ctx, log, outcome, reason or "the agent gave up")
@@ -107,7 +113,8 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
         if workspace is not None and (
             outcome.status == "succeeded" or not ctx.settings.keep_failed_workspaces
         ):
-            workspace.cleanup()
+            with outcome.stage("cleanup"):
+                workspace.cleanup()
     return _result(unit, worker, started, outcome, meter, log)
 
 
@@ -116,6 +123,17 @@ class _Outcome:
     status: Status = "failed"
     attempts: int = 0
     pull_request: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage of the issue (added up when it runs more than once)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.stages[name] = round(self.stages.get(name, 0.0) + elapsed, 4)
 
 
 @dataclass(frozen=True)
@@ -138,12 +156,14 @@ def _implement(
     checks = CheckReport(True, "")
     agent = AgentResult(ok=False, error="not started")
     for revision in range(ctx.settings.max_revisions + 1):
-        agent = _run_agent_with_retries(issue, workspace, ctx, meter, log, outcome, failures)
+        with outcome.stage("agent"):
+            agent = _run_agent_with_retries(issue, workspace, ctx, meter, log, outcome, failures)
         if not agent.ok:
             return agent, checks
         if not workspace.changed_files():
             return AgentResult(ok=False, error="the agent changed no file"), checks
-        checks = run_checks(workspace.path, ctx, issue)
+        with outcome.stage("checks"):
+            checks = run_checks(workspace.path, ctx, issue)
         log(f"checks after round {revision + 1}: {'passed' if checks.passed else 'failed'}")
         if checks.passed:
             break
@@ -301,6 +321,7 @@ def _result(
         branch=unit.issue.branch,
         pull_request=outcome.pull_request,
         cost_usd=round(meter.total_usd, 6),
+        stages=outcome.stages,
     )
 
 

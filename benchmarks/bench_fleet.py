@@ -1,0 +1,167 @@
+"""Fleet benchmark in test mode: simulated agents, real git workspaces, commits, pushes and
+pull requests against a local bare repository, on a fresh Prefect server.
+
+1. 10 mock issues with 1 s agents on 1, 2, 3, 5 and 10 workers: speedup = 10 s of agent
+   work / wall time of the whole fleet call (poll, mirror, claims, workspaces, agents,
+   checks, commits, pushes, pull requests, labels, report).
+2. 1000 mock issues on 50 workers: share of the ideal makespan, and the per-issue
+   overhead of each stage (claim, workspace, checks, publish = commit + push + PR, ...).
+
+Writes benchmarks/results/fleet.json and fleet.md.
+
+    python benchmarks/bench_fleet.py [--large-issues 1000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+WORKERS = (1, 2, 3, 5, 10)
+TARGETS = {1: 0.95, 2: 1.9, 3: 2.4, 5: 4.5, 10: 8.0}
+ORIGINAL = {1: 0.97, 2: 1.90, 3: 2.38, 5: 4.43}
+LARGE_TARGET = 0.90
+
+
+def run_fleet(
+    workspace: Path, workers: int, issues: int, agent_seconds: float
+) -> tuple[float, Any]:
+    from flows._prefect import leader_session, state_result
+    from flows.fleet.flow import fleet
+    from flows.fleet.testbed import ensure_remote, ensure_tracker
+    from flows.fleet.tracker import Labels
+
+    ensure_remote(workspace)
+    ensure_tracker(workspace, issues, Labels())
+    overrides = {"mode": "test", "workspace": str(workspace), "workers": workers,
+                 "agent_seconds": agent_seconds, "mock_issues": 0}  # fmt: skip
+    with leader_session():
+        started = time.perf_counter()
+        state = fleet(overrides=overrides, report_dir=str(workspace / "report"), return_state=True)
+        wall = time.perf_counter() - started
+    report = state_result(state)
+    assert report.ok and report.summary.succeeded == issues, report.summary
+    return wall, report
+
+
+def speedup_series(directory: Path) -> list[dict[str, Any]]:
+    run_fleet(directory / "warm-up", 2, 2, 0.05)  # imports, flow registration
+    rows = []
+    for workers in WORKERS:
+        wall, _ = run_fleet(directory / f"w{workers}", workers, 10, 1.0)
+        speedup = round(10.0 / wall, 3)
+        rows.append({
+            "workers": workers, "wall_s": round(wall, 3), "ideal_s": math.ceil(10 / workers),
+            "speedup": speedup, "target": TARGETS[workers], "original": ORIGINAL.get(workers),
+            "meets_target": speedup >= TARGETS[workers],
+        })  # fmt: skip
+        print(f"  {workers:>2} workers: {speedup:.2f}x in {wall:.2f}s (target {TARGETS[workers]})",
+              flush=True)  # fmt: skip
+    return rows
+
+
+def large_run(directory: Path, issues: int, workers: int) -> dict[str, Any]:
+    wall, report = run_fleet(directory / "large", workers, issues, 1.0)
+    ideal = math.ceil(issues / workers) * 1.0
+    stages: dict[str, list[float]] = {}
+    for task in report.tasks:
+        for name, seconds in task.stages.items():
+            stages.setdefault(name, []).append(seconds)
+    overhead = {name: round(statistics.mean(values) * 1000, 1) for name, values in stages.items()}
+    row = {
+        "issues": issues, "workers": workers, "ideal_s": ideal, "wall_s": round(wall, 2),
+        "share": round(ideal / wall, 3), "target": LARGE_TARGET,
+        "mean_issue_s": round(statistics.mean(t.duration_s for t in report.tasks), 3),
+        "stage_ms": overhead, "setup_s": report.setup.duration_s,
+    }  # fmt: skip
+    row["meets_target"] = row["share"] >= LARGE_TARGET
+    print(f"  {issues} issues @ {workers}: {row['share']:.1%} of ideal ({wall:.1f}s); "
+          f"stages (ms): {overhead}", flush=True)  # fmt: skip
+    return row
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        "# Fleet benchmark (test mode)",
+        "",
+        f"{results['date']} · {results['machine']} · Prefect {results['prefect']} "
+        f"(server on {results['database']})",
+        "",
+        "### 10 mock issues, 1 s simulated agents, git workspaces, commits, pushes and PRs",
+        "",
+        "| workers | wall | speedup | target | original |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results["speedup"]:
+        mark = "✅" if r["meets_target"] else "❌"
+        original = f"{r['original']:.2f}x" if r["original"] else "-"
+        lines.append(f"| {r['workers']} | {r['wall_s']:.2f}s | {mark} {r['speedup']:.2f}x | "
+                     f"{r['target']}x | {original} |")  # fmt: skip
+    large = results["large"]
+    mark = "✅" if large["meets_target"] else "❌"
+    lines += [
+        "",
+        f"### {large['issues']} mock issues on {large['workers']} workers",
+        "",
+        f"{mark} {large['share']:.1%} of the ideal makespan ({large['wall_s']:.1f}s for an ideal "
+        f"{large['ideal_s']:.0f}s; target {large['target']:.0%}). Mean time per issue "
+        f"{large['mean_issue_s']:.2f}s for 1 s of agent work.",
+        "",
+        "| stage | mean per issue |",
+        "|---|---|",
+        *[f"| {name} | {ms:.0f} ms |" for name, ms in large["stage_ms"].items()],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large-issues", type=int, default=1000)
+    parser.add_argument("--large-workers", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="200 large issues")
+    args = parser.parse_args()
+    if args.quick:
+        args.large_issues = 200
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+        directory = Path(tmp)
+        os.environ["PREFECT_HOME"] = str(directory / "prefect-home")
+        os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+        sys.path.insert(0, str(ROOT))
+        import prefect
+
+        from benchmarks.common import server_database
+        from flows._prefect import local_server, quiet_run_logs
+
+        with server_database(f"bench_fleet_{os.getpid()}") as database, local_server(), \
+                quiet_run_logs():  # fmt: skip
+            print("10 issues of 1 s:", flush=True)
+            results: dict[str, Any] = {
+                "database": database,
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "prefect": prefect.__version__,
+                "speedup": speedup_series(directory),
+            }
+            print(f"{args.large_issues} issues:", flush=True)
+            results["large"] = large_run(directory, args.large_issues, args.large_workers)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fleet.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "fleet.md").write_text(render(results))
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
