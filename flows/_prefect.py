@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import os
 import queue
@@ -303,8 +304,6 @@ class ArtifactPublisher:
 
 
 def _json_table(rows: list[dict[str, Any]]) -> str:
-    import json
-
     return json.dumps(rows, default=str)
 
 
@@ -361,7 +360,9 @@ def local_server(home: Path | None = None, startup_timeout: float = 120.0) -> It
             process.wait()
 
 
-def wait_for_api(api_url: str, timeout: float, process: subprocess.Popen[bytes] | None = None):  # type: ignore[no-untyped-def]
+def wait_for_api(
+    api_url: str, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

@@ -386,8 +386,19 @@ def test_local_store_survives_a_reload(tmp_path: Path) -> None:
     assert reloaded.comments(issue.number) == ["Claimed by w1"]
     assert [p.number for p in reloaded.pulls()] == [4]
     assert reloaded.add_issue("next").number == 5
-    json.loads((tmp_path / "tracker.json").read_text())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tracker.json", "tracker.json.lock"]
+    manifest = json.loads((tmp_path / "tracker.json").read_text())
+    assert manifest == {"format": "local-tracker/2", "data": "tracker.json.d"}
+    names = ["tracker.json", "tracker.json.d", "tracker.json.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    data = tmp_path / "tracker.json.d"
+    assert sorted(p.name for p in (data / "issues").iterdir()) == [
+        "1.json",
+        "2.json",
+        "3.json",
+        "5.json",
+    ]
+    assert [p.name for p in (data / "pulls").iterdir()] == ["ai-feature%2Fissue-1.json"]
+    assert (data / "next").read_text() == "6\n"
 
 
 def test_local_store_must_be_created_once(tmp_path: Path) -> None:
@@ -398,6 +409,125 @@ def test_local_store_must_be_created_once(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         LocalTracker.create(path, generate_mock_issues(1), LABELS)
     assert LocalTracker(path, LABELS).issues() == []
+
+
+def test_local_create_has_one_winner(tmp_path: Path) -> None:
+    path = tmp_path / "tracker.json"
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def create(n: int) -> None:
+        barrier.wait()
+        try:
+            LocalTracker.create(path, generate_mock_issues(n), LABELS)
+            outcomes.append(f"created {n}")
+        except FileExistsError:
+            outcomes.append("exists")
+
+    pool = [threading.Thread(target=create, args=(n,)) for n in range(1, 5)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(10)
+
+    [won] = [o for o in outcomes if o.startswith("created")]
+    assert sorted(outcomes) == sorted([won, "exists", "exists", "exists"])
+    assert len(LocalTracker(path, LABELS).issues()) == int(won.split()[1])
+
+
+def test_local_numbers_stay_unique_under_concurrency(tmp_path: Path) -> None:
+    tracker = local_store(tmp_path, 2)
+    issue = tracker.issues()[0]
+    barrier = threading.Barrier(6)
+    numbers: list[int] = []
+    shared: list[bool] = []
+
+    def worker(name: str) -> None:
+        barrier.wait()
+        for k in range(5):
+            numbers.append(tracker.add_issue(f"{name}-{k}").number)
+            numbers.append(tracker.open_pull_request(issue, f"{name}/{k}", "t", "b").number)
+            shared.append(tracker.open_pull_request(issue, "shared", name, name).created)
+
+    pool = [threading.Thread(target=worker, args=(f"w{n}",)) for n in range(6)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(10)
+
+    pulls = tracker.pulls()
+    shared_number = next(p.number for p in pulls if p.branch == "shared")
+    assert shared.count(True) == 1 and len(shared) == 30
+    assert sorted([*numbers, shared_number]) == list(range(3, 3 + 61))
+    assert len(tracker.issues()) == 32 and len(pulls) == 31
+
+
+def test_local_claim_and_finish_scale_to_a_thousand_issues(tmp_path: Path) -> None:
+    started = time.monotonic()
+    tracker = local_store(tmp_path, 1000)
+    seeded = time.monotonic()
+    issues = tracker.list_ready()
+    threads = 8
+    barrier = threading.Barrier(threads)
+    wins: dict[int, list[str]] = {issue.number: [] for issue in issues}
+
+    def worker(name: str, offset: int) -> None:
+        barrier.wait()
+        for issue in issues[offset:] + issues[:offset]:
+            if tracker.claim(issue, name):
+                wins[issue.number].append(name)
+                tracker.finish(issue, True, f"done by {name}")
+
+    pool = [
+        threading.Thread(target=worker, args=(f"w{n}", n * len(issues) // threads // 2))
+        for n in range(threads)
+    ]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(60)
+    finished = time.monotonic()
+    print(
+        f"1000 issues: create {seeded - started:.2f}s, "
+        f"claim+finish from {threads} threads {finished - seeded:.2f}s"
+    )
+
+    assert len(issues) == 1000
+    assert all(len(winners) == 1 for winners in wins.values())
+    assert tracker.list_ready() == []
+    for record in tracker.issues():
+        assert LABELS.review in record.labels and LABELS.in_progress not in record.labels
+    winner = wins[500][0]
+    assert tracker.comments(500) == [f"Claimed by {winner}", f"done by {winner}"]
+    assert finished - started < 30  # ~4 s alone here; generous for a loaded machine
+
+
+def test_local_work_on_different_issues_does_not_wait(tmp_path: Path) -> None:
+    import fcntl
+
+    tracker = local_store(tmp_path, 3)
+    one, two, _ = tracker.list_ready()
+    results: dict[int, bool] = {}
+
+    def claim(issue: Issue) -> None:
+        results[issue.number] = tracker.claim(issue, f"w{issue.number}")
+
+    lock_file = tmp_path / "tracker.json.d" / "locks" / "issue-1"
+    with lock_file.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as another process mid-update of issue 1
+        blocked = threading.Thread(target=claim, args=(one,))
+        blocked.start()
+        started = time.monotonic()
+        free = threading.Thread(target=claim, args=(two,))
+        free.start()
+        free.join(5)
+        assert results == {2: True} and time.monotonic() - started < 2
+        tracker.comment(two, "not waiting either")
+        tracker.add_issue("nor this")
+        assert blocked.is_alive()  # issue 1 itself waits for its lock
+    blocked.join(5)
+    assert results == {1: True, 2: True}
+    assert tracker.comments(2) == ["Claimed by w2", "not waiting either"]
 
 
 CLAIMER = """

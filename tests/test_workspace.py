@@ -19,10 +19,12 @@ from typing import Any
 import psutil
 import pytest
 
+import flows.fleet.workspace as workspace_module
 from flows.fleet.models import Issue
 from flows.fleet.workspace import (
     GitAuth,
     Mirror,
+    Workspace,
     WorkspaceError,
     prepare_workspace,
     run_git,
@@ -212,6 +214,107 @@ def test_stale_mirror_cannot_overwrite_a_pushed_branch(
     with pytest.raises(WorkspaceError, match=r"(?s)git push failed.*\(stale info\)"):
         stale.push()
     assert upstream.rev("refs/heads/ai-feature/issue-6") == pushed
+
+
+@pytest.fixture
+def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The subcommand of every git process the workspace module starts, in order."""
+    calls: list[str] = []
+    real = workspace_module.run_git
+
+    def counting(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(workspace_module._subcommand(args))
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(workspace_module, "run_git", counting)
+    return calls
+
+
+def test_git_processes_per_issue_stay_few(
+    tmp_path: Path, upstream: Upstream, mirror: Mirror, git_calls: list[str]
+) -> None:
+    """Every git call is a fork/exec on a box shared by all workers: a fresh issue takes
+    4 (prepare) + 1 (changed_files) + 2 (commit) + 1 (push), a re-run 4 + 2 + 2 + 1."""
+    root = tmp_path / "fleet"
+
+    def counted(limit: int, action: Any) -> Any:
+        git_calls.clear()
+        result = action()
+        assert len(git_calls) <= limit, git_calls
+        return result
+
+    ws = counted(4, lambda: prepare_workspace(mirror, root, "worker-01", 9, "main"))
+    (ws.path / "fix.py").write_text("fixed = True\n")
+    assert counted(1, ws.changed_files) == ["fix.py"]
+    sha = counted(2, lambda: ws.commit_all("fix", *AUTHOR))
+    counted(1, ws.push)
+    counted(0, ws.cleanup)
+    assert upstream.rev("refs/heads/ai-feature/issue-9") == sha
+
+    mirror.ensure()
+    again = counted(4, lambda: prepare_workspace(mirror, root, "worker-02", 9, "main"))
+    assert again.resumed and git(again.path, "rev-parse", "HEAD") == sha
+    (again.path / "more.py").write_text("more = True\n")
+    assert counted(2, again.changed_files) == ["fix.py", "more.py"]
+    second = counted(2, lambda: again.commit_all("more", *AUTHOR))
+    counted(1, again.push)
+    assert upstream.rev("refs/heads/ai-feature/issue-9") == second
+
+
+def _reference_changed_files(ws: Workspace) -> list[str]:
+    """The definition: the worktree against `base`, plus untracked files."""
+    tracked = git(ws.path, "diff", "--name-only", "--no-renames", "-z", ws.base, "--")
+    untracked = git(ws.path, "ls-files", "--others", "--exclude-standard", "-z")
+    return sorted({name for name in (tracked + "\0" + untracked).split("\0") if name})
+
+
+def test_changed_files_matches_diff_against_base_plus_untracked(
+    tmp_path: Path, upstream: Upstream, mirror: Mirror, git_calls: list[str]
+) -> None:
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        upstream.commit(name, f"{name}\n")
+    mirror.ensure()
+    ws = prepare_workspace(mirror, tmp_path / "fleet", "worker-01", 11, "main")
+    assert ws.changed_files() == _reference_changed_files(ws) == []
+
+    (ws.path / "a.txt").write_text("changed\n")
+    (ws.path / "b.txt").unlink()
+    (ws.path / "src" / "new").mkdir(parents=True)
+    (ws.path / "src" / "new" / "mod.py").write_text("x = 1\n")
+    (ws.path / ".gitignore").write_text("*.log\n")
+    (ws.path / "debug.log").write_text("ignored\n")
+    (ws.path / "name with spaces.txt").write_text("s\n")
+    git_calls.clear()
+    expected = [".gitignore", "a.txt", "b.txt", "name with spaces.txt", "src/new/mod.py"]
+    assert ws.changed_files() == _reference_changed_files(ws) == expected
+    assert git_calls == ["status"]  # HEAD still at base: one call
+
+    # Staged, then changed back in the worktree: not a change against base.
+    (ws.path / "c.txt").write_text("staged\n")
+    git(ws.path, "add", "c.txt")
+    (ws.path / "c.txt").write_text("c.txt\n")
+    git(ws.path, "mv", "d.txt", "e.txt")
+    (ws.path / "planned.txt").write_text("p\n")
+    git(ws.path, "add", "--intent-to-add", "planned.txt")
+    assert ws.changed_files() == _reference_changed_files(ws)
+    assert "c.txt" not in ws.changed_files() and "e.txt" in ws.changed_files()
+
+    # The agent committed: HEAD moved away from base.
+    git(ws.path, "add", "--all")
+    git(ws.path, "commit", "--quiet", "-m", "agent commit")
+    (ws.path / "a.txt").write_text("a.txt\n")  # committed, then reverted in the worktree
+    (ws.path / "late.txt").write_text("late\n")
+    assert ws.changed_files() == _reference_changed_files(ws)
+    assert "a.txt" not in ws.changed_files() and "late.txt" in ws.changed_files()
+
+
+def test_commit_failure_is_not_mistaken_for_nothing_to_commit(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    ws = prepare_workspace(mirror, tmp_path / "fleet", "worker-01", 12, "main")
+    (ws.path / "f.txt").write_text("f\n")
+    with pytest.raises(WorkspaceError, match=r"git commit failed .*empty commit message"):
+        ws.commit_all("", *AUTHOR)  # git commit exits 1 here too
 
 
 def test_leftover_workspace_dir_is_replaced(tmp_path: Path, mirror: Mirror) -> None:

@@ -1,6 +1,6 @@
 """The fleet's issue tracker: which issues are ready, who works on which, and the pull request
 each one ends in. `GitHubTracker` talks to GitHub through PyGithub; `LocalTracker` keeps the
-same state in a JSON file for test mode.
+same state in JSON files for test mode.
 
 Labels carry the state, so several workers and fleets can share one repository:
 ready-for-dev -(claim)-> in-progress -(finish)-> ai-review | ai-failed, and release() puts an
@@ -10,13 +10,17 @@ issue back to ready-for-dev.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import requests
 from github import Github, GithubException
@@ -303,33 +307,38 @@ class _LocalIssue(BaseModel):
         )
 
 
-class _Store(BaseModel):
-    """The whole file. Issues and pull requests share one number sequence, as on GitHub."""
+class _NoIssue(TrackerError):
+    """The store has no issue with that number."""
 
-    next_number: int = 1
-    issues: list[_LocalIssue] = Field(default_factory=list)
-    pulls: list[LocalPull] = Field(default_factory=list)
 
-    def take_number(self) -> int:
-        number = self.next_number
-        self.next_number += 1
-        return number
-
-    def find(self, number: int) -> _LocalIssue | None:
-        return next((issue for issue in self.issues if issue.number == number), None)
+_FORMAT = "local-tracker/2"
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class LocalTracker:
-    """The tracker in a JSON file, for test mode (no network).
+    """The tracker in JSON files, for test mode (no network).
 
-    Every change holds an exclusive flock on `<path>.lock` around its read-modify-write, so
-    several processes (several fleets) can share one store; files are replaced atomically, so
-    a reader never sees half a write.
+    `path` (e.g. `tracker.json`) names the store; the data lives next to it, one file per
+    record, so no operation reads or rewrites more than the records it touches:
+
+        <path>                      manifest {"format": ..., "data": "<name>.d"}
+        <path>.d/next               the next number; issues and pull requests share one sequence
+        <path>.d/issues/<N>.json    one issue: title, body, labels, comments
+        <path>.d/pulls/<key>.json   one pull request, keyed by its branch (percent-quoted)
+        <path>.d/locks/             flock files: `next`, `issue-<N>`, `pull-<key>`
+        <path>.lock                 taken by create() only
+
+    Each read-modify-write holds the flock of just the record it changes (the `next` lock for
+    a new number), so several processes (several fleets) can share one store and work on
+    different issues never waits on a common lock. Files are replaced atomically, so readers
+    take no lock and never see half a write.
     """
 
     def __init__(self, path: Path, labels: Labels) -> None:
         self._path = Path(path)
         self._labels = labels
+        self._data = self._path.with_name(self._path.name + ".d")
+        self._checked = False
 
     def __repr__(self) -> str:
         return f"LocalTracker({str(self._path)!r})"
@@ -343,65 +352,79 @@ class LocalTracker:
         """Seed a new store with `issues` (their numbers kept); FileExistsError if one exists."""
         tracker = cls(path, labels)
         tracker._path.parent.mkdir(parents=True, exist_ok=True)
-        with tracker._locked():
-            if tracker._path.exists():
+        with _flock(tracker._create_lock):
+            if tracker._path.exists() or tracker._data.exists():
                 raise FileExistsError(f"a tracker store already exists at {tracker._path}")
-            store = _Store()
+            records: dict[int, _LocalIssue] = {}
             for issue in issues:
-                if store.find(issue.number) is not None:
+                if issue.number in records:
                     raise ValueError(f"issue #{issue.number} is given twice")
-                record = _LocalIssue(
+                records[issue.number] = _LocalIssue(
                     number=issue.number,
                     title=issue.title,
                     body=issue.body,
                     labels=list(issue.labels),
                 )
-                store.issues.append(record)
-                store.next_number = max(store.next_number, issue.number + 1)
-            tracker._save(store)
+            next_number = max([1, *(number + 1 for number in records)])
+            tracker._build(records.values(), [], next_number)
+        tracker._checked = True
         return tracker
 
     def add_issue(self, title: str, body: str = "", labels: Iterable[str] | None = None) -> Issue:
         """Add an issue (labels None: just the ready label) and return it."""
         names = [self._labels.ready] if labels is None else list(labels)
-        with self._update() as store:
-            record = _LocalIssue(number=store.take_number(), title=title, body=body, labels=names)
-            store.issues.append(record)
+        record = _LocalIssue(number=self._take_number(), title=title, body=body, labels=names)
+        _write_model(self._issue_file(record.number), record)  # a fresh number: nobody else
         return record.to_issue()
 
     # ----- Tracker -----
 
     def list_ready(self) -> list[Issue]:
-        ready = [i for i in self._load().issues if self._labels.ready in i.labels]
-        return [record.to_issue() for record in sorted(ready, key=lambda i: i.number)]
+        return [i.to_issue() for i in self._all_issues() if self._labels.ready in i.labels]
 
     def claim(self, issue: Issue, claimant: str) -> bool:
-        with self._update() as store:
-            record = store.find(issue.number)
-            if record is None or self._labels.ready not in record.labels:
+        ready = self._labels.ready
+
+        def take(record: _LocalIssue) -> bool:
+            if ready not in record.labels:
                 return False
-            _drop(record.labels, self._labels.ready)
+            _drop(record.labels, ready)
             _add(record.labels, self._labels.in_progress)
             record.comments.append(f"Claimed by {claimant}")
             return True
 
+        try:
+            # Without the lock first: an issue someone already took costs one read.
+            if ready not in self._read_issue(issue.number).labels:
+                return False
+            return self._change(issue.number, take)
+        except _NoIssue:
+            return False
+
     def release(self, issue: Issue, reason: str) -> None:
-        with self._update() as store:
-            record = self._record(store, issue)
+        def back(record: _LocalIssue) -> bool:
             _drop(record.labels, self._labels.in_progress)
             _add(record.labels, self._labels.ready)
             record.comments.append(f"Released: {reason}")
+            return True
+
+        self._change(issue.number, back)
 
     def comment(self, issue: Issue, body: str) -> None:
-        with self._update() as store:
-            self._record(store, issue).comments.append(body)
+        def post(record: _LocalIssue) -> bool:
+            record.comments.append(body)
+            return True
+
+        self._change(issue.number, post)
 
     def open_pull_request(self, issue: Issue, branch: str, title: str, body: str) -> PullRequest:
-        with self._update() as store:
-            pull = next((p for p in store.pulls if p.branch == branch), None)
+        key = _branch_key(branch)
+        file = self._store() / "pulls" / f"{key}.json"
+        with _flock(self._lock_file(f"pull-{key}")):  # one creator per branch
+            pull = _read_model(LocalPull, file) if file.exists() else None
             created = pull is None
             if pull is None:
-                number = store.take_number()
+                number = self._take_number()
                 pull = LocalPull(
                     number=number,
                     branch=branch,
@@ -409,82 +432,168 @@ class LocalTracker:
                     body=body,
                     url=f"local://pulls/{number}",
                 )
-                store.pulls.append(pull)
             pull.title, pull.body = title, body
+            _write_model(file, pull)
         return PullRequest(number=pull.number, url=pull.url, branch=branch, created=created)
 
     def finish(self, issue: Issue, ok: bool, comment: str) -> None:
-        with self._update() as store:
-            record = self._record(store, issue)
+        def done(record: _LocalIssue) -> bool:
             _add(record.labels, self._labels.review if ok else self._labels.failed)
             _drop(record.labels, self._labels.in_progress)
             if comment:
                 record.comments.append(comment)
+            return True
+
+        self._change(issue.number, done)
 
     # ----- inspection -----
 
     def issues(self) -> list[Issue]:
         """Every issue, whatever its labels, by number."""
-        return [record.to_issue() for record in sorted(self._load().issues, key=lambda i: i.number)]
+        return [record.to_issue() for record in self._all_issues()]
 
     def pulls(self) -> list[LocalPull]:
-        return sorted(self._load().pulls, key=lambda pull: pull.number)
+        folder = self._store() / "pulls"
+        found = [_read_model(LocalPull, folder / name) for name in _json_names(folder)]
+        return sorted(found, key=lambda pull: pull.number)
 
     def comments(self, number: int) -> list[str]:
-        return list(self._record(self._load(), number).comments)
+        return list(self._read_issue(number).comments)
 
     def labels_of(self, number: int) -> list[str]:
-        return list(self._record(self._load(), number).labels)
+        return list(self._read_issue(number).labels)
 
     # ----- storage -----
 
-    def _record(self, store: _Store, issue: Issue | int) -> _LocalIssue:
-        number = issue if isinstance(issue, int) else issue.number
-        record = store.find(number)
-        if record is None:
-            raise TrackerError(f"{self._path}: no issue #{number}")
-        return record
+    @property
+    def _create_lock(self) -> Path:
+        return self._path.with_name(self._path.name + ".lock")
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        lock_path = self._path.with_name(self._path.name + ".lock")
-        with lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _store(self) -> Path:
+        """The data directory; TrackerError when there is no store (checked once)."""
+        if not self._checked:
+            if not self._data.is_dir():
+                raise TrackerError(
+                    f"no tracker store at {self._path}: seed one with LocalTracker.create()"
+                )
+            self._checked = True
+        return self._data
 
-    @contextmanager
-    def _update(self) -> Iterator[_Store]:
-        """Load the store under the lock, let the caller change it, write it back."""
-        with self._locked():
-            store = self._load()
-            yield store
-            self._save(store)
+    def _issue_file(self, number: int) -> Path:
+        return self._store() / "issues" / f"{int(number)}.json"
 
-    def _load(self) -> _Store:
+    def _lock_file(self, name: str) -> Path:
+        return self._store() / "locks" / name
+
+    def _read_issue(self, number: int) -> _LocalIssue:
         try:
-            return _Store.model_validate_json(self._path.read_bytes())
+            return _read_model(_LocalIssue, self._issue_file(number))
         except FileNotFoundError:
-            raise TrackerError(
-                f"no tracker store at {self._path}: seed one with LocalTracker.create()"
-            ) from None
-        except ValueError as exc:
-            raise TrackerError(f"{self._path}: not a tracker store: {exc}") from exc
+            raise _NoIssue(f"{self._path}: no issue #{number}") from None
 
-    def _save(self, store: _Store) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=f".{self._path.name}.")
+    def _all_issues(self) -> list[_LocalIssue]:
+        folder = self._store() / "issues"
+        found = [_read_model(_LocalIssue, folder / name) for name in _json_names(folder)]
+        return sorted(found, key=lambda record: record.number)
+
+    def _change(self, number: int, change: Callable[[_LocalIssue], bool]) -> bool:
+        """Apply `change` to issue `number` under that issue's lock; it returns whether to save."""
+        file = self._issue_file(number)
+        if not file.exists():  # issues are never deleted, so checking before locking is safe
+            raise _NoIssue(f"{self._path}: no issue #{number}")
+        with _flock(self._lock_file(f"issue-{int(number)}")):
+            record = _read_model(_LocalIssue, file)
+            if not change(record):
+                return False
+            _write_model(file, record)
+        return True
+
+    def _take_number(self) -> int:
+        """The next number of the shared sequence, under its own small lock."""
+        file = self._store() / "next"
+        with _flock(self._lock_file("next")):
+            try:
+                number = int(file.read_text())
+            except ValueError as exc:
+                raise TrackerError(f"{file}: not a number: {exc}") from exc
+            _write_atomic(file, f"{number + 1}\n".encode())
+        return number
+
+    def _build(
+        self, issues: Iterable[_LocalIssue], pulls: Iterable[LocalPull], next_number: int
+    ) -> None:
+        """Write a complete data directory aside, move it into place, then the manifest.
+
+        The caller holds the create lock and has checked that no data directory exists.
+        """
+        staging = Path(tempfile.mkdtemp(dir=self._data.parent, prefix=f".{self._data.name}."))
         try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(store.model_dump_json(indent=2))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self._path)
+            for folder in ("issues", "pulls", "locks"):
+                (staging / folder).mkdir()
+            for record in issues:
+                _write_model(staging / "issues" / f"{record.number}.json", record)
+            for pull in pulls:
+                _write_model(staging / "pulls" / f"{_branch_key(pull.branch)}.json", pull)
+            _write_atomic(staging / "next", f"{next_number}\n".encode())
+            os.rename(staging, self._data)
         except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
+            shutil.rmtree(staging, ignore_errors=True)
             raise
+        manifest = {"format": _FORMAT, "data": self._data.name}
+        _write_atomic(self._path, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created when missing). flock locks belong to the open file,
+    so threads of one process exclude each other as separate processes do."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _branch_key(branch: str) -> str:
+    """A file name for a branch, distinct for distinct branches: percent-quoted, or a hash
+    when that is too long (`%%` never occurs in a quoted name)."""
+    quoted = quote(branch, safe="")
+    if len(quoted) <= 200:
+        return quoted
+    return "%%" + hashlib.sha256(branch.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _json_names(folder: Path) -> list[str]:
+    """Record files in `folder`; the `.tmp` files of writes in flight are not records."""
+    return [name for name in os.listdir(folder) if name.endswith(".json")]
+
+
+def _read_model(model: type[_M], file: Path) -> _M:
+    data = file.read_bytes()
+    try:
+        return model.model_validate_json(data)
+    except ValueError as exc:
+        raise TrackerError(f"{file}: not a tracker record: {exc}") from exc
+
+
+def _write_model(file: Path, record: BaseModel) -> None:
+    _write_atomic(file, record.model_dump_json(indent=2).encode())
+
+
+def _write_atomic(file: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `file`, fsync it, and rename it over `file`."""
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _add(labels: list[str], name: str) -> None:

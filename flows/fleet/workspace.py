@@ -74,6 +74,9 @@ CREDENTIAL_HELPER = (
     '!f() { test "$1" = get && '
     'printf \'username=%s\\npassword=%s\\n\' "$GIT_USERNAME" "$GIT_PASSWORD"; }; f'
 )
+# `[<branch> <sha>] <subject>`, `[<branch> (root-commit) <sha>] ...`, `[detached HEAD <sha>]
+# ...`: branch names hold no space, so the first " <hex>]" is the sha.
+_COMMIT_SUMMARY = re.compile(r"\[[^\n]*? ([0-9a-f]{40}|[0-9a-f]{64})\] ")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
 _WORKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -152,8 +155,7 @@ def run_git(
         ) from None
     result = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
     if result.returncode not in ok_codes:
-        tail = auth.scrub(stderr.strip()[-STDERR_TAIL_CHARS:]) or "(no output)"
-        raise WorkspaceError(f"{operation} failed in {cwd} (exit {result.returncode}): {tail}")
+        raise _failure(operation, cwd, result, auth)
     return result
 
 
@@ -271,31 +273,59 @@ class Workspace:
     timeout: float = NETWORK_TIMEOUT
 
     def changed_files(self) -> list[str]:
-        """Paths that differ from `base`: committed, staged, unstaged and untracked."""
-        tracked = self._git(["diff", "--name-only", "--no-renames", "-z", self.base, "--"])
-        untracked = self._git(["ls-files", "--others", "--exclude-standard", "-z"])
-        return sorted({name for name in (tracked + untracked).split("\0") if name})
+        """Paths that differ from `base`: committed, staged, unstaged and untracked.
+
+        One `git status` answers while HEAD is still at `base` (the usual case: nothing
+        committed yet on a fresh branch); otherwise, or when an entry's worktree-vs-HEAD
+        state is ambiguous, `git diff <base>` adds the tracked side (two calls).
+        """
+        status = self._git(["status", "--porcelain=v2", "-z", "--branch", "--no-ahead-behind",
+                            "--untracked-files=all", "--no-renames"])  # fmt: skip
+        head, tracked, untracked = _parse_status(status)
+        if head is None or head != self.base or tracked is None:
+            diff = self._git(["diff", "--name-only", "--no-renames", "-z", self.base, "--"])
+            tracked = {name for name in diff.split("\0") if name}
+        return sorted(tracked | untracked)
 
     def commit_all(self, message: str, author_name: str, author_email: str) -> str | None:
         """Stage everything and commit as author and committer; the new sha, or None when
-        there was nothing to commit. The message goes through stdin, never through argv."""
+        there was nothing to commit. The message goes through stdin, never through argv.
+
+        Two calls: `add` and `commit`, whose summary line carries the full sha
+        (`core.abbrev=no`, git >= 2.31) and which spawns no `git maintenance` (pointless
+        in a workspace that lives minutes). Only when `commit` exits 1 does
+        `diff --cached` tell "nothing to commit" (None) from a real failure (raised).
+        """
         self._git(["add", "--all", "--", "."])
-        staged = run_git(["diff", "--cached", "--quiet"], cwd=self.path, auth=self.auth,
-                         ok_codes=(0, 1))  # fmt: skip
-        if staged.returncode == 0:
-            return None
         identity = ["-c", f"user.name={author_name}", "-c", f"user.email={author_email}"]
-        self._git([*identity, "commit", "--quiet", "--no-verify", "--file=-"], stdin=message)
+        quiet = ["-c", "core.abbrev=no", "-c", "maintenance.auto=false"]
+        args = [*identity, *quiet, "commit", "--no-verify", "--file=-"]
+        result = run_git(args, cwd=self.path, auth=self.auth, stdin=message, ok_codes=(0, 1))
+        if result.returncode == 1:
+            staged = run_git(["diff", "--cached", "--quiet"], cwd=self.path, auth=self.auth,
+                             ok_codes=(0, 1))  # fmt: skip
+            if staged.returncode == 0:
+                return None
+            raise _failure("git commit", self.path, result, self.auth)
+        summary = _COMMIT_SUMMARY.match(result.stdout)
+        if summary:
+            return summary.group(1)
         return self._git(["rev-parse", "--verify", "HEAD^{commit}"]).strip()
 
     def push(self, force_with_lease: bool = True) -> None:
         """Push the branch to origin. With `force_with_lease`, overwriting is allowed only
-        if the remote branch is still where we last saw it (absent if we never saw it)."""
+        if the remote branch is still where we last saw it (absent if we never saw it).
+
+        "Where we last saw it" is `refs/remotes/origin/<branch>`, which git reads itself
+        (`--force-with-lease=<ref>` without a value; no tracking ref means the remote
+        branch must not exist) and moves on a successful push, so the lease follows our
+        own pushes. `--no-force-if-includes` keeps a user's `push.useForceIfIncludes`
+        from changing that rule.
+        """
         ref = f"refs/heads/{self.branch}"
         args = ["push", "--quiet", "--no-verify"]
         if force_with_lease:
-            expected = _rev(self.path, f"refs/remotes/origin/{self.branch}", self.auth) or ""
-            args.append(f"--force-with-lease={ref}:{expected}")
+            args += [f"--force-with-lease={ref}", "--no-force-if-includes"]
         self._git([*args, "origin", f"{ref}:{ref}"], network=True)
 
     def cleanup(self) -> None:
@@ -331,6 +361,11 @@ def prepare_workspace(
     If the branch exists on the remote (as of the last `mirror.ensure()`), the workspace
     continues from it; otherwise the branch starts at `origin/<default_branch>`. A directory
     left by an earlier run is replaced. Call `mirror.ensure()` first.
+
+    Four git calls for a new branch (`for-each-ref` in the mirror, `clone --no-checkout`,
+    `remote set-url`, `checkout -B`), five for a resumed one (`clone --branch` checks the
+    branch out with tracking; `merge-base` finds `base`). `--template=`: no sample hooks and
+    other template files to write (hooks never run here anyway).
     """
     path = workspace_path(root, worker, issue_number)
     branch = branch_name(issue_number)
@@ -340,21 +375,21 @@ def prepare_workspace(
         shutil.rmtree(path)  # refuses a symlink: never deletes outside the workspace
     path.parent.mkdir(parents=True, exist_ok=True)
     auth = mirror.auth
-    with _flock(mirror.lock_path, fcntl.LOCK_SH):
-        run_git(["clone", "--no-checkout", "--quiet", "--", str(mirror.path), str(path)],
+    with _flock(mirror.lock_path, fcntl.LOCK_SH):  # the refs cannot move until cloned
+        heads = _branch_heads(mirror, (default_branch, branch))
+        default, remote = heads.get(default_branch), heads.get(branch)
+        if default is None:
+            raise WorkspaceError(f"default branch {default_branch!r} not found in {mirror.path}")
+        how = ["--no-checkout"] if remote is None else ["--branch", branch]
+        run_git(["clone", "--quiet", "--template=", *how, "--", str(mirror.path), str(path)],
                 cwd=path.parent, auth=auth)  # fmt: skip
     run_git(["remote", "set-url", "origin", mirror.clone_url], cwd=path, auth=auth)
-    default = _rev(path, f"refs/remotes/origin/{default_branch}", auth)
-    if default is None:
-        raise WorkspaceError(f"default branch {default_branch!r} not found in {mirror.path}")
-    remote_ref = f"refs/remotes/origin/{branch}"
-    remote = _rev(path, remote_ref, auth)
     if remote is None:
-        checkout, base = ["--no-track", "-B", branch, default], default
+        base = default
+        run_git(["checkout", "--quiet", "--no-track", "-B", branch, default, "--"],
+                cwd=path, auth=auth)  # fmt: skip
     else:
-        checkout = ["--track", "-B", branch, remote_ref]
         base = run_git(["merge-base", default, remote], cwd=path, auth=auth).stdout.strip()
-    run_git(["checkout", "--quiet", *checkout, "--"], cwd=path, auth=auth)
     return Workspace(
         path=path,
         branch=branch,
@@ -366,8 +401,52 @@ def prepare_workspace(
     )
 
 
-def _rev(repo: Path, ref: str, auth: GitAuth) -> str | None:
-    """The commit `ref` points to, or None when it does not exist."""
-    result = run_git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=repo,
-                     auth=auth, ok_codes=(0, 1))  # fmt: skip
-    return result.stdout.strip() or None
+def _branch_heads(mirror: Mirror, names: Sequence[str]) -> dict[str, str]:
+    """The commits the mirror's branches `names` point to (absent names left out), in
+    one `for-each-ref` call. Call with the mirror lock held."""
+    refs = {f"refs/heads/{name}": name for name in names}
+    out = run_git(["for-each-ref", "--format=%(objecttype) %(objectname) %(refname)", *refs],
+                  cwd=mirror.path, auth=mirror.auth).stdout  # fmt: skip
+    heads: dict[str, str] = {}
+    for line in out.splitlines():
+        kind, sha, ref = line.split(" ", 2)
+        if kind == "commit" and ref in refs:  # a pattern also matches refs below it
+            heads[refs[ref]] = sha
+    return heads
+
+
+def _parse_status(text: str) -> tuple[str | None, set[str] | None, set[str]]:
+    """From `git status --porcelain=v2 -z --branch`: HEAD's sha, the tracked paths whose
+    worktree differs from HEAD (None when that cannot be told from the status alone: an
+    entry changed in both index and worktree, a conflict, a rename), untracked paths."""
+    head: str | None = None
+    tracked: set[str] | None = set()
+    untracked: set[str] = set()
+    entries = iter(text.split("\0"))
+    for entry in entries:
+        if entry.startswith("# branch.oid "):
+            oid = entry.removeprefix("# branch.oid ")
+            head = oid if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", oid) else None
+        elif entry.startswith("? "):
+            untracked.add(entry[2:])
+        elif entry.startswith("1 ") and tracked is not None:
+            fields = entry.split(" ", 8)
+            # X is index vs HEAD, Y worktree vs index: with one of them ".", the worktree
+            # differs from HEAD; with both changed it may be back to HEAD's content.
+            if len(fields) == 9 and "." in fields[1]:
+                tracked.add(fields[8])
+            else:
+                tracked = None
+        elif entry.startswith("2 "):
+            next(entries, None)  # the rename's original path
+            tracked = None
+        elif entry.startswith("u "):
+            tracked = None
+    return head, tracked, untracked
+
+
+def _failure(
+    operation: str, cwd: Path, result: subprocess.CompletedProcess[str], auth: GitAuth
+) -> WorkspaceError:
+    tail = auth.scrub(result.stderr.strip()[-STDERR_TAIL_CHARS:]) or "(no output)"
+    return WorkspaceError(f"{operation} failed in {cwd} (exit {result.returncode}): {tail}")
