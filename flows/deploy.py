@@ -13,6 +13,8 @@ import contextlib
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 from flows import _prefect
 from flows.config import ConfigError
@@ -88,10 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
-    from flows.leader import observing
     from flows.pipeline.flow import pipeline, pipeline_plan
     from flows.pipeline.matrix import describe_matrix
-    from flows.status import StatusBoard
 
     config_path = args.config.resolve()
     matrix, plan = pipeline_plan(config_path, args.report_dir, args.max_parallel)
@@ -99,23 +99,14 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         return EXIT_OK
     print(flush=True)
-    with (
-        prefect_api() as started_server,
-        _prefect.leader_session(),
-        _prefect.quiet_run_logs(not args.verbose),
-        StatusBoard(f"pipeline {matrix.name}") as board,
-        observing(board),
-    ):
+    with leader_run(f"pipeline {matrix.name}", args.verbose) as started_server:
         state = pipeline(
             config_path=str(config_path),
             report_dir=str(plan.report_dir),
             max_parallel=args.max_parallel,
             return_state=True,
         )
-        report = _prefect.state_result(state)
-        if started_server and report.flow_run_id:
-            ran = sum(1 for task in report.tasks if task.worker) + (report.setup.status != "none")
-            _prefect.wait_until_recorded(report.flow_run_id, ran)
+        report = finished_report(state, started_server)
     print_summary(report, plan.report_dir, temporary_ui=started_server)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -125,8 +116,6 @@ def run_fleet_command(args: argparse.Namespace) -> int:
 
     from flows.fleet.config import load_fleet_config
     from flows.fleet.flow import connect, default_report_dir, fleet
-    from flows.leader import observing
-    from flows.status import StatusBoard
 
     overrides = {
         "mode": args.mode, "repo": args.repo, "workers": args.workers,
@@ -143,24 +132,15 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     config_path = str(args.config.resolve()) if args.config else None
     deadline = time.monotonic() + args.monitor_duration
     reports: list[Report] = []
-    with (
-        prefect_api() as started_server,
-        _prefect.leader_session(),
-        _prefect.quiet_run_logs(not args.verbose),
-        StatusBoard(f"fleet {settings.repo or 'test'}") as board,
-        observing(board),
-    ):
+    with leader_run(f"fleet {settings.repo or 'test'}", args.verbose) as started_server:
         while True:
             report_dir = (
                 report_root / f"poll-{len(reports) + 1}" if args.monitor_duration else report_root
             )
             state = fleet(config_path=config_path, overrides=overrides,
                           report_dir=str(report_dir), return_state=True)  # fmt: skip
-            report = _prefect.state_result(state)
+            report = finished_report(state, started_server)
             reports.append(report)
-            if started_server and report.flow_run_id:
-                ran = sum(1 for t in report.tasks if t.worker) + (report.setup.status != "none")
-                _prefect.wait_until_recorded(report.flow_run_id, ran)
             if time.monotonic() >= deadline:
                 break
             if not report.tasks:
@@ -171,6 +151,36 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         if report.tasks or len(reports) == 1:
             print_summary(report, report_root, temporary_ui=started_server)
     return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
+@contextlib.contextmanager
+def leader_run(title: str, verbose: bool) -> Iterator[bool]:
+    """Everything around in-process leader runs: the API (a local server when none is
+    configured), the leader session, quiet Prefect logs and the live status board.
+
+    Yields True when a local server was started for these runs."""
+    from flows.leader import observing
+    from flows.status import StatusBoard
+
+    with (
+        prefect_api() as started_server,
+        _prefect.leader_session(),
+        _prefect.quiet_run_logs(not verbose),
+        StatusBoard(title) as board,
+        observing(board),
+    ):
+        yield started_server
+
+
+def finished_report(state: Any, started_server: bool) -> Report:
+    """The report a leader flow returned; with a temporary server, wait until the server
+    has recorded its task runs, so nothing is lost when it stops."""
+    report = _prefect.state_result(state)
+    assert isinstance(report, Report)
+    if started_server and report.flow_run_id:
+        ran = sum(1 for task in report.tasks if task.worker) + (report.setup.status != "none")
+        _prefect.wait_until_recorded(UUID(report.flow_run_id), ran)
+    return report
 
 
 @contextlib.contextmanager
