@@ -25,11 +25,6 @@ TOKEN = "ghp-test-token"
 Connect = Callable[..., Github]
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture
 def gh() -> Iterator[FakeGitHub]:
     with FakeGitHub(token=TOKEN, owner="acme", repo="widgets") as fake:

@@ -34,11 +34,6 @@ LABELS = Labels()
 Connect = Callable[..., GitHubTracker]
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture
 def gh() -> Iterator[FakeGitHub]:
     with FakeGitHub(token=TOKEN, owner="acme", repo="widgets") as fake:
