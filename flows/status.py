@@ -40,7 +40,6 @@ class StatusBoard:
         self._workers: dict[str, WorkerState] = {}
         self._running: dict[str, str] = {}  # unit name -> worker
         self._lock = threading.Lock()
-        self._created = time.monotonic()
         self._live: Live | None = None
 
     def __enter__(self) -> StatusBoard:

@@ -75,7 +75,6 @@ class AgentResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     cost_usd: float = 0.0
     error: str | None = None
-    files_changed: list[str] = Field(default_factory=list)
 
 
 class IssueResult(UnitResult):

@@ -78,15 +78,16 @@ class _IssueLog:
 def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResult:
     issue = unit.issue
     started = datetime.now(UTC)
-    log = _IssueLog(ctx.report_dir / "logs" / f"{issue.name}.log")
-    meter = CostMeter()
-    outcome = _Outcome()
+    run = _IssueRun(
+        issue, ctx, CostMeter(), _IssueLog(ctx.report_dir / "logs" / f"{issue.name}.log")
+    )
+    log, outcome = run.log, run.outcome
     with outcome.stage("claim"):
         claimed = ctx.tracker.claim(issue, f"{ctx.claimant}/{worker}")
     if not claimed:
         log(f"#{issue.number} was claimed by another worker or fleet: skipped")
         outcome.status = "skipped"
-        return _result(unit, worker, started, outcome, meter, log)
+        return _result(run, unit, worker, started)
     workspace: Workspace | None = None
     try:
         with outcome.stage("workspace"):
@@ -95,10 +96,10 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
             )
         log(f"workspace {workspace.path} on {workspace.branch}"
             + (" (continuing an earlier branch)" if workspace.resumed else ""))  # fmt: skip
-        agent, checks = _implement(issue, workspace, ctx, meter, log, outcome)
+        agent, checks = _implement(run, workspace)
         if agent.ok and checks.passed:
             with outcome.stage("publish"):
-                pull = _publish(issue, workspace, ctx, agent, checks, meter, outcome)
+                pull = _publish(run, workspace, agent, checks)
             outcome.pull_request = pull.url
             outcome.status = "succeeded"
             log(f"pull request {pull.url} ({'opened' if pull.created else 'updated'})")
@@ -106,16 +107,16 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
                 ctx.tracker.finish(issue, True, f"Pull request: {pull.url}")
         else:
             reason = agent.error if not agent.ok else f"checks still failing:\n{checks.report}"
-            _fail(issue, ctx, log, outcome, reason or "the agent gave up")
+            _fail(run, reason or "the agent gave up")
     except (WorkspaceError, TrackerError, OSError) as exc:
-        _fail(issue, ctx, log, outcome, f"{exc.__class__.__name__}: {exc}")
+        _fail(run, f"{exc.__class__.__name__}: {exc}")
     finally:
         if workspace is not None and (
             outcome.status == "succeeded" or not ctx.settings.keep_failed_workspaces
         ):
             with outcome.stage("cleanup"):
                 workspace.cleanup()
-    return _result(unit, worker, started, outcome, meter, log)
+    return _result(run, unit, worker, started)
 
 
 @dataclass
@@ -137,34 +138,38 @@ class _Outcome:
 
 
 @dataclass(frozen=True)
+class _IssueRun:
+    """What the stages of one issue share."""
+
+    issue: Issue
+    ctx: FleetContext
+    meter: CostMeter
+    log: _IssueLog
+    outcome: _Outcome = field(default_factory=_Outcome)
+
+
+@dataclass(frozen=True)
 class CheckReport:
     passed: bool
     report: str
-    ran: int = 0
 
 
-def _implement(
-    issue: Issue,
-    workspace: Workspace,
-    ctx: FleetContext,
-    meter: CostMeter,
-    log: _IssueLog,
-    outcome: _Outcome,
-) -> tuple[AgentResult, CheckReport]:
+def _implement(run: _IssueRun, workspace: Workspace) -> tuple[AgentResult, CheckReport]:
     """Agent, checks, and up to max_revisions more rounds while the checks fail."""
+    ctx, outcome = run.ctx, run.outcome
     failures: str | None = None
     checks = CheckReport(True, "")
     agent = AgentResult(ok=False, error="not started")
     for revision in range(ctx.settings.max_revisions + 1):
         with outcome.stage("agent"):
-            agent = _run_agent_with_retries(issue, workspace, ctx, meter, log, outcome, failures)
+            agent = _run_agent_with_retries(run, workspace, failures)
         if not agent.ok:
             return agent, checks
         if not workspace.changed_files():
             return AgentResult(ok=False, error="the agent changed no file"), checks
         with outcome.stage("checks"):
-            checks = run_checks(workspace.path, ctx, issue)
-        log(f"checks after round {revision + 1}: {'passed' if checks.passed else 'failed'}")
+            checks = run_checks(workspace.path, ctx, run.issue)
+        run.log(f"checks after round {revision + 1}: {'passed' if checks.passed else 'failed'}")
         if checks.passed:
             break
         failures = checks.report
@@ -172,17 +177,12 @@ def _implement(
 
 
 def _run_agent_with_retries(
-    issue: Issue,
-    workspace: Workspace,
-    ctx: FleetContext,
-    meter: CostMeter,
-    log: _IssueLog,
-    outcome: _Outcome,
-    failures: str | None,
+    run: _IssueRun, workspace: Workspace, failures: str | None
 ) -> AgentResult:
+    issue, ctx, meter, log = run.issue, run.ctx, run.meter, run.log
     settings = ctx.settings
     for retry in range(settings.max_agent_retries + 1):
-        outcome.attempts += 1
+        run.outcome.attempts += 1
         toolbox = Toolbox(workspace.path, command_timeout=settings.command_timeout)
         try:
             result = run_agent(
@@ -227,27 +227,21 @@ def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
     results = [run_task(spec, "checks", worker_ctx) for spec in matrix.tasks]
     failed = [r for r in results if r.failed]
     if not failed:
-        return CheckReport(True, f"all {len(results)} checks passed", len(results))
+        return CheckReport(True, f"all {len(results)} checks passed")
     details = "\n\n".join(f"{r.name} ({r.status}):\n{r.log_tail}" for r in failed)
-    return CheckReport(False, f"{len(failed)} of {len(results)} checks failed\n\n{details}",
-                       len(results))  # fmt: skip
+    return CheckReport(False, f"{len(failed)} of {len(results)} checks failed\n\n{details}")
 
 
 def _publish(
-    issue: Issue,
-    workspace: Workspace,
-    ctx: FleetContext,
-    agent: AgentResult,
-    checks: CheckReport,
-    meter: CostMeter,
-    outcome: _Outcome,
+    run: _IssueRun, workspace: Workspace, agent: AgentResult, checks: CheckReport
 ) -> PullRequest:
+    issue, ctx = run.issue, run.ctx
     files = workspace.changed_files()
     name, email = ctx.author
     workspace.commit_all(f"{issue.title}\n\nCloses #{issue.number}", name, email)
     workspace.push()
     body = pull_request_body(
-        issue, agent, checks, files, meter, ctx.settings.model, outcome.attempts
+        issue, agent, checks, files, run.meter, ctx.settings.model, run.outcome.attempts
     )
     return ctx.tracker.open_pull_request(issue, workspace.branch, _title(issue), body)
 
@@ -289,23 +283,18 @@ def _title(issue: Issue) -> str:
     return title if len(title) <= 120 else title[:117] + "..."
 
 
-def _fail(issue: Issue, ctx: FleetContext, log: _IssueLog, outcome: _Outcome, reason: str) -> None:
-    outcome.status = "failed"
-    log(f"failed: {reason}")
+def _fail(run: _IssueRun, reason: str) -> None:
+    run.outcome.status = "failed"
+    run.log(f"failed: {reason}")
+    message = f"The agent could not resolve this issue:\n\n{reason}"
     try:
-        ctx.tracker.finish(issue, False, f"The agent could not resolve this issue:\n\n{reason}")
+        run.ctx.tracker.finish(run.issue, False, message)
     except TrackerError as exc:
-        log(f"could not label the issue as failed: {exc}")
+        run.log(f"could not label the issue as failed: {exc}")
 
 
-def _result(
-    unit: IssueUnit,
-    worker: str,
-    started: datetime,
-    outcome: _Outcome,
-    meter: CostMeter,
-    log: _IssueLog,
-) -> IssueResult:
+def _result(run: _IssueRun, unit: IssueUnit, worker: str, started: datetime) -> IssueResult:
+    outcome, meter = run.outcome, run.meter
     ended = datetime.now(UTC)
     return IssueResult(
         name=unit.name,
@@ -316,7 +305,7 @@ def _result(
         ended_at=ended,
         duration_s=round((ended - started).total_seconds(), 4),
         worker=worker,
-        log_tail=read_tail(log.path),
+        log_tail=read_tail(run.log.path),
         issue=unit.issue.number,
         branch=unit.issue.branch,
         pull_request=outcome.pull_request,
