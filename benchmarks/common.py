@@ -8,12 +8,10 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def server_database(name: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for the server when one is reachable, else SQLite.
-
-    The SQLite server falls behind under thousands of task-run events (its writes queue,
-    API calls get retried with 2 s sleeps), which would measure the database, not us.
-    """
+def postgres_database(name: str) -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432 (user postgres), dropped afterwards;
+    yields its SQLAlchemy URL for PREFECT_SERVER_DATABASE_CONNECTION_URL. OSError or
+    asyncpg.PostgresError when PostgreSQL is not reachable."""
     import asyncio
 
     import asyncpg  # type: ignore[import-untyped]  # Prefect's own PostgreSQL driver
@@ -25,18 +23,35 @@ def server_database(name: str) -> Iterator[str]:
         finally:
             await connection.close()
 
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}"'))
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"PostgreSQL not reachable ({exc}); using SQLite", flush=True)
-        yield "sqlite"
-        return
-    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
-        f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    )
-    try:
-        yield "postgresql"
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     finally:
-        os.environ.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def server_database(name: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for the server when one is reachable, else SQLite; sets
+    PREFECT_SERVER_DATABASE_CONNECTION_URL for servers started inside. Yields the kind.
+
+    The SQLite server falls behind under thousands of task-run events (its writes queue,
+    API calls get retried with 2 s sleeps), which would measure the database, not us.
+    """
+    import asyncpg
+
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres_database(name))
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"PostgreSQL not reachable ({exc}); using SQLite", flush=True)
+            url = None
+        if url is None:
+            yield "sqlite"
+            return
+        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = url
+        try:
+            yield "postgresql"
+        finally:
+            os.environ.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)

@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from prefect.settings import (
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.config import ConfigError
 from flows.report import UnitResult
 
 R = TypeVar("R", bound=UnitResult)
@@ -321,19 +323,50 @@ def api_configured() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
+def check_api_reachable() -> None:
+    """ConfigError when the configured PREFECT_API_URL does not answer its health check."""
+    url = str(PREFECT_API_URL.value()).rstrip("/")
+    try:
+        httpx.get(f"{url}/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ConfigError(
+            "environment", "PREFECT_API_URL", f"no Prefect server answers at {url} "
+            f"({exc.__class__.__name__}): start one with `prefect server start`, or unset "
+            "PREFECT_API_URL to run with a temporary local server",
+        ) from None  # fmt: skip
+
+
+def require_api(purpose: str) -> None:
+    """A running Prefect server is needed (schedules, work pools, deployments)."""
+    if not api_configured():
+        raise ConfigError(
+            "environment", "PREFECT_API_URL", f"not set: {purpose} needs a running Prefect "
+            "server (`prefect server start`, then `prefect config set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api`)",
+        )  # fmt: skip
+    check_api_reachable()
+
+
 @contextlib.contextmanager
-def local_server(home: Path | None = None, startup_timeout: float = 120.0) -> Iterator[str]:
+def local_server(
+    home: Path | None = None, startup_timeout: float = 120.0, database_url: str | None = None
+) -> Iterator[str]:
     """Start `prefect server start` (UI included) on a free loopback port for this process.
 
     Used when no PREFECT_API_URL is configured. Unlike Prefect's ephemeral server, it is
     stopped only after everything this process sent has been recorded (see
     `wait_until_recorded`), so no task run or artifact is lost at exit. History lives in
-    PREFECT_HOME's database, so `prefect server start` shows it later.
+    PREFECT_HOME's database (or `database_url`, e.g. postgresql+asyncpg://...), so
+    `prefect server start` shows it later.
     """
     port = _free_port()
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
     if home is not None:
         env["PREFECT_HOME"] = str(home)
+    if database_url is not None:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    # the UI is told where its API is; without this it calls the default port 4200
+    env["PREFECT_SERVER_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     log_file = Path(env.get("PREFECT_HOME", Path.home() / ".prefect")) / "server.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as server_log:
@@ -352,12 +385,19 @@ def local_server(home: Path | None = None, startup_timeout: float = 120.0) -> It
             finally:
                 drain_prefect_workers()  # before the server goes away
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server and its children (it runs the API in a uvicorn subprocess, which a
+    plain terminate() would leave running)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, if any
+    process.wait()
 
 
 def wait_for_api(
