@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flows.notify import Notifications
+
 # libyaml's loader is ~20x faster than the pure-Python one (1000-task configs).
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -117,6 +119,9 @@ class PipelineConfig(StrictModel):
     defaults: TaskDefaults = Field(default_factory=TaskDefaults)
     tiers: dict[PositiveInt, str] = Field(default_factory=dict, description="Names of tiers.")
     tasks: Annotated[list[TaskConfig], Field(min_length=1)]
+    notifications: Notifications | None = Field(
+        default=None, description="Apprise messages when the pipeline finishes."
+    )
 
     @model_validator(mode="after")
     def _unique_task_names(self) -> PipelineConfig:

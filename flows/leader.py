@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic
 
-from prefect import State, task
+from prefect import State, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed
 
 from flows import _prefect
+from flows.notify import Notifications, notify
 from flows.report import (
     Report,
     SetupSummary,
@@ -53,6 +54,7 @@ class LeaderPlan(Generic[U, R]):
     setup: Callable[[], SetupSummary] | None = None
     describe: Callable[[U], str] = field(default=lambda unit: "")
     tier_barriers: bool = True  # False: priorities order the queue, no tier waits for another
+    notifications: Notifications | None = None  # told how the run ended
 
     @property
     def units(self) -> list[U]:
@@ -118,6 +120,8 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
             render_markdown(report),
             f"{plan.kind} report: {plan.name}",
         )
+        if plan.notifications is not None:
+            _notify(report, plan.notifications)
         return report
     finally:
         _prefect.release_publisher(publisher)
@@ -134,6 +138,13 @@ def report_state(report: Report) -> State[Any]:
         if report.ok
         else Failed(message=message, data=report)
     )
+
+
+def _notify(report: Report, notifications: Notifications) -> None:
+    """Send the outcome to the configured channels; a failed delivery is only a warning."""
+    problems = notify(report, notifications, _prefect.flow_run_url(report.flow_run_id))
+    for problem in problems:
+        get_run_logger().warning(problem)
 
 
 def _run_setup(setup: Callable[[], SetupSummary] | None) -> SetupSummary:

@@ -9,13 +9,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from flows.config import ConfigError, describe_validation_error, read_yaml
+from flows.config import TASK_NAME_PATTERN, ConfigError, describe_validation_error, read_yaml
 from flows.fleet import models
+from flows.notify import Notifications
 
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 REPO_PATTERN = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+BLOCK_NAME_PATTERN = TASK_NAME_PATTERN  # Prefect block names: lowercase letters, digits, dashes
 
 
 class LabelNames(BaseModel):
@@ -51,10 +53,32 @@ class FleetConfig(BaseModel):
         description="Pipeline config inside the target repository whose tasks are the checks",
     )
     poll_interval_seconds: PositiveFloat = 30
-    # test mode only
+    github_block: str | None = Field(
+        default=None,
+        pattern=BLOCK_NAME_PATTERN,
+        description="Fleet GitHub block with the repo, token and labels (else GITHUB_TOKEN...)",
+    )
+    agent_block: str | None = Field(
+        default=None,
+        pattern=BLOCK_NAME_PATTERN,
+        description="Fleet Agent block with the model settings and API key (else env)",
+    )
+    notifications: Notifications | None = Field(
+        default=None, description="Apprise messages when a fleet run finishes."
+    )
+    simulate: bool = Field(
+        default=False,
+        description="distributed mode: mock issues and simulated agents, as in test mode",
+    )
+    # test mode (and simulate) only
     mock_issues: NonNegativeInt = 5
     agent_seconds: Annotated[float, Field(ge=0)] = 1.0
     failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+def uses_testbed(settings: FleetConfig) -> bool:
+    """Mock issues and simulated agents instead of GitHub and Claude."""
+    return settings.mode == "test" or settings.simulate
 
 
 def load_fleet_config(path: Path | None, overrides: dict[str, object]) -> FleetConfig:

@@ -54,6 +54,7 @@ def pipeline_plan(
             else None
         ),
         describe=lambda spec: spec.command_text,
+        notifications=config.notifications,
     )
     return matrix, plan
 
