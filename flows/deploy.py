@@ -2,6 +2,8 @@
 
     pipeline   run a pipeline config (the CI job)
     fleet      resolve ready-for-dev issues with parallel agents, one pull request each
+    init       prepare a Prefect server: work pool and fleet size, crash detection, blocks
+    blocks     register the block types, or save blocks from the environment
 
 Exit codes: 0 all units succeeded, 1 some failed, 2 bad input (config or arguments).
 """
@@ -72,8 +74,33 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--mock-issues", type=int, help="test mode: mock issues to add")
     fleet.add_argument("--agent-seconds", type=float, help="test mode: time per simulated agent")
     fleet.add_argument("--failure-rate", type=float, help="test mode: share of agents that fail")
+    fleet.add_argument("--simulate", action="store_true",
+                       help="distributed mode: mock issues and simulated agents")  # fmt: skip
     fleet.add_argument("--verbose", action="store_true", help="also show Prefect's log lines")
     fleet.set_defaults(handler=run_fleet_command)
+
+    init = commands.add_parser(
+        "init", help="prepare the Prefect server: work pool and fleet size, crash detection"
+    )
+    init.add_argument("--pool", default="local-process", help="work pool name")
+    init.add_argument("--type", default="process", choices=("process", "docker"),
+                      dest="pool_type", help="work pool type")  # fmt: skip
+    init.add_argument("--workers", type=positive_int, default=3,
+                      help="the pool's concurrency limit: the fleet size")  # fmt: skip
+    init.add_argument("--crash-after", type=positive_int, default=75, metavar="SECONDS",
+                      help="mark a run Crashed after this long without a heartbeat")  # fmt: skip
+    init.set_defaults(handler=run_init_command)
+
+    blocks = commands.add_parser("blocks", help="credentials as Prefect blocks")
+    blocks.add_argument("action", choices=("register", "save"),
+                        help="register: the block types; save: blocks from GITHUB_TOKEN, "
+                        "ANTHROPIC_API_KEY, ... and the fleet settings")  # fmt: skip
+    blocks.add_argument("--config", type=Path, help="YAML file with a `fleet:` section")
+    blocks.add_argument("--repo", help="OWNER/NAME for the GitHub block")
+    blocks.add_argument("--github-block", default="fleet-github", help="name of the GitHub block")
+    blocks.add_argument("--agent-block", default="fleet-agent", help="name of the agent block")
+    blocks.add_argument("--overwrite", action="store_true", help="replace existing blocks")
+    blocks.set_defaults(handler=run_blocks_command)
     return parser
 
 
@@ -122,10 +149,12 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         "workspace": args.workspace, "mock_issues": args.mock_issues,
         "agent_seconds": args.agent_seconds, "failure_rate": args.failure_rate,
     }  # fmt: skip
+    if args.simulate:
+        overrides["simulate"] = True
     settings = load_fleet_config(args.config, overrides)
     if settings.mode == "distributed":
-        raise ConfigError("command line", "--mode", "distributed mode runs through Prefect "
-                          "deployments and work pools; it is not available yet")  # fmt: skip
+        _prefect.require_api("distributed mode")
+        check_pool_ready()
     connect(settings)  # bad tokens, repositories or labels fail here, before any work
     overrides["mock_issues"] = 0  # test mode: the issues were just added
     report_root = (args.report_dir or default_report_dir(settings)).resolve()
@@ -151,6 +180,81 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         if report.tasks or len(reports) == 1:
             print_summary(report, report_root, temporary_ui=started_server)
     return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
+def run_init_command(args: argparse.Namespace) -> int:
+    from prefect import get_client
+
+    from blocks import register_blocks
+    from deployments.server_setup import (
+        CRASH_DETECTION,
+        ensure_crash_detection,
+        ensure_priority_queues,
+        ensure_work_pool,
+    )
+
+    _prefect.require_api("init")
+    with get_client(sync_client=True) as client:
+        pool = ensure_work_pool(client, args.pool, args.pool_type, args.workers)
+        ensure_priority_queues(client, pool.name)
+        ensure_crash_detection(client, args.crash_after)
+    register_blocks()
+    print(f"work pool {pool.name!r} ({pool.type}), concurrency limit {pool.concurrency_limit}, "
+          "queues urgent > normal > low")  # fmt: skip
+    print("block types registered: fleet-github, fleet-agent")
+    print(f"automation {CRASH_DETECTION!r}: runs without a heartbeat for {args.crash_after}s "
+          "are marked Crashed")  # fmt: skip
+    print("next: `prefect --no-prompt deploy --all`, then on each machine "
+          f"`WORKER_ID=worker-1 prefect worker start --pool {pool.name}`")  # fmt: skip
+    return EXIT_OK
+
+
+def run_blocks_command(args: argparse.Namespace) -> int:
+    import os
+
+    from blocks import register_blocks, save_blocks_from_env
+    from flows.fleet.config import load_fleet_config
+
+    _prefect.require_api("blocks")
+    if args.action == "register":
+        print("registered block types: " + ", ".join(register_blocks()))
+        return EXIT_OK
+    settings = load_fleet_config(args.config, {"repo": args.repo})
+    saved = save_blocks_from_env(
+        settings, os.environ, args.github_block, args.agent_block, args.overwrite
+    )
+    print("saved blocks: " + ", ".join(saved))
+    print(f"use them with `github_block: {args.github_block}` and "
+          f"`agent_block: {args.agent_block}` in the fleet settings")  # fmt: skip
+    return EXIT_OK
+
+
+def check_pool_ready() -> None:
+    """The resolve-issue deployment, its work pool and a live worker, before any dispatch."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import WorkerStatus
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.fleet.dispatch import RESOLVE_DEPLOYMENT
+    from flows.fleet.flow import read_deployment
+
+    with get_client(sync_client=True) as client:
+        deployment = read_deployment(client, RESOLVE_DEPLOYMENT)
+        pool_name = deployment.work_pool_name
+        if pool_name is None:
+            return  # served with `python -m deployments.serve`: the serving process runs it
+        try:
+            client.read_work_pool(pool_name)
+        except ObjectNotFound:
+            raise ConfigError(
+                "Prefect server", "work pool", f"{pool_name!r} (of deployment "
+                f"{RESOLVE_DEPLOYMENT!r}) does not exist: create it with "
+                f"`python -m flows.deploy init --pool {pool_name}`",
+            ) from None  # fmt: skip
+        workers = client.read_workers_for_work_pool(pool_name)
+    if not any(worker.status == WorkerStatus.ONLINE for worker in workers):
+        print(f"warning: no worker is polling work pool {pool_name!r}; runs wait until one "
+              f"starts: `prefect worker start --pool {pool_name}`", file=sys.stderr)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -190,6 +294,7 @@ def prefect_api() -> Iterator[bool]:
     Yields True when a server was started here (it stops when the run ends).
     """
     if _prefect.api_configured():
+        _prefect.check_api_reachable()
         yield False
         return
     print("No PREFECT_API_URL set: starting a local Prefect server for this run...", flush=True)

@@ -130,7 +130,7 @@ def test_rerun_after_a_crash_updates_the_existing_pull_request(
         (["--mode", "local"], "repo: required in local mode"),
         (["--mode", "local", "--repo", "acme/widgets"], "GITHUB_TOKEN: not set"),
         (["--mode", "local", "--repo", "acme/widgets; rm -rf /"], "repo: must match"),
-        (["--mode", "distributed"], "--mode: distributed mode"),
+        (["--mode", "distributed"], "'resolve-issue/resolve-issue' not found: deploy it first"),
         (["--workers", "0"], "--workers: expected a positive integer"),
         (["--failure-rate", "2"], "failure_rate: Input should be less than or equal to 1"),
     ],

@@ -1,25 +1,47 @@
-"""The fleet flow: ready issues -> parallel agent workers -> pull requests, on the same
-leader as the pipeline. This module is the composition root: it builds the clients for a
-mode and injects them; nothing below it reads tokens or creates clients."""
+"""The fleet's flows, on the same leader as the pipeline:
+
+    fleet          one poll: ready issues -> parallel agent workers -> pull requests; in
+                   distributed mode the workers are `resolve-issue` runs on a work pool
+    issue-poller   the scheduled deployment: release lost issues, dispatch one
+                   `resolve-issue` run per ready issue, return at once
+    resolve-issue  one issue, one run (what a work pool's workers execute)
+
+This module is the composition root: it builds the clients for a mode and injects them;
+nothing below it reads tokens or creates clients."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import State, flow
+from prefect import State, flow, get_client
+from prefect.artifacts import create_table_artifact
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.exceptions import ObjectNotFound
 
 from flows.config import ConfigError
 from flows.fleet.agent import ClaudeModel, Model, load_system_prompt
-from flows.fleet.config import FleetConfig, load_fleet_config
+from flows.fleet.config import FleetConfig, load_fleet_config, uses_testbed
 from flows.fleet.cost import UnknownModelError, price_for
+from flows.fleet.credentials import FleetCredentials, resolve_credentials
+from flows.fleet.dispatch import (
+    RESOLVE_DEPLOYMENT,
+    Dispatch,
+    dispatch,
+    priority_queue,
+    sweep_lost_runs,
+    wait_for_run,
+)
 from flows.fleet.models import Issue, IssueResult
 from flows.fleet.simulated import SimulatedModel, fails
-from flows.fleet.testbed import DEFAULT_BRANCH, ensure_remote, ensure_tracker
+from flows.fleet.testbed import DEFAULT_BRANCH, ensure_remote, ensure_tracker, testbed_source
 from flows.fleet.tracker import GitHubTracker, Labels, Tracker, TrackerError
 from flows.fleet.worker import (
     FleetContext,
@@ -30,69 +52,78 @@ from flows.fleet.worker import (
 )
 from flows.fleet.workspace import GitAuth, Mirror
 from flows.leader import LeaderPlan, lead, report_state
-from flows.report import SetupSummary
+from flows.report import Report, SetupSummary
 from flows.scheduler import build_tiers
 
-DEFAULT_GITHUB_API = "https://api.github.com"
+TIER_NAMES = {1: "urgent", 2: "normal", 3: "low"}
 
 
 @dataclass(frozen=True)
 class Connection:
-    """What a mode provides: where issues come from, where code goes, who writes it."""
+    """What a mode provides: where issues come from, where code goes, who writes it, and
+    the settings in effect (the blocks' values applied)."""
 
+    settings: FleetConfig
     tracker: Tracker
     clone_url: str
     default_branch: str
     auth: GitAuth
     name: str
+    source: str  # names the issue source in run tags and idempotency keys
     model_for: Any  # Callable[[Issue], Model]
 
 
 def connect(settings: FleetConfig) -> Connection:
-    """Build the clients of a mode; ConfigError for missing or bad input, before any work."""
+    """Build the clients of a mode; ConfigError for missing or bad input, before any work.
+
+    Outside the testbed the credentials come from the configured blocks (or environment),
+    and the blocks' repository, labels and model settings win over `settings`."""
+    credentials = None if uses_testbed(settings) else resolve_credentials(settings, os.environ)
+    if credentials is not None:
+        settings = credentials.apply(settings)
     try:
         price_for(settings.model)
     except UnknownModelError as exc:
         raise ConfigError("fleet settings", "model", str(exc)) from None
     labels = _labels(settings)
-    if settings.mode == "test":
-        root = Path(settings.workspace)
+    if credentials is None:
+        root = Path(settings.workspace).resolve()
         tracker = ensure_tracker(root, settings.mock_issues, labels)  # adds mock_issues more
+        agent_seconds, failure_rate = settings.agent_seconds, settings.failure_rate
 
         def simulated(issue: Issue) -> Model:
-            return SimulatedModel(
-                issue, settings.agent_seconds, fails(issue, settings.failure_rate)
-            )
+            return SimulatedModel(issue, agent_seconds, fails(issue, failure_rate))
 
-        return Connection(tracker, ensure_remote(root), DEFAULT_BRANCH, GitAuth(), "test",
-                          simulated)  # fmt: skip
-    return _connect_github(settings, labels)
+        return Connection(settings, tracker, ensure_remote(root), DEFAULT_BRANCH, GitAuth(),
+                          "test", testbed_source(root), simulated)  # fmt: skip
+    return _connect_github(settings, labels, credentials)
 
 
-def _connect_github(settings: FleetConfig, labels: Labels) -> Connection:
+def _connect_github(
+    settings: FleetConfig, labels: Labels, credentials: FleetCredentials
+) -> Connection:
     import anthropic
     from github import Auth, Github
 
-    if not settings.repo:
-        raise ConfigError("fleet settings", "repo", "required in local mode (--repo OWNER/NAME)")
-    token = os.environ.get("GITHUB_TOKEN")
-    if not token:
-        raise ConfigError("environment", "GITHUB_TOKEN", "not set (a token with repo access)")
-    if not os.environ.get("ANTHROPIC_API_KEY"):
-        raise ConfigError("environment", "ANTHROPIC_API_KEY", "not set")
-    client = Github(base_url=os.environ.get("GITHUB_API_URL", DEFAULT_GITHUB_API),
-                    auth=Auth.Token(token))  # fmt: skip
+    token = credentials.github_token.get_secret_value()
+    client = Github(base_url=credentials.github_api_url, auth=Auth.Token(token))
     try:
-        tracker = GitHubTracker.connect(client, settings.repo, labels)
+        tracker = GitHubTracker.connect(client, credentials.repo, labels)
     except TrackerError as exc:
         raise ConfigError("fleet settings", "repo", str(exc)) from None
-    claude = anthropic.Anthropic(max_retries=2)  # ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL
+    claude = anthropic.Anthropic(
+        api_key=credentials.anthropic_api_key.get_secret_value(),
+        base_url=credentials.anthropic_base_url,
+        max_retries=2,
+    )
+    model = settings.model
 
     def claude_model(issue: Issue) -> Model:
-        return ClaudeModel(claude, settings.model)
+        return ClaudeModel(claude, model)
 
-    return Connection(tracker, tracker.clone_url, tracker.default_branch, GitAuth(token),
-                      settings.repo, claude_model)  # fmt: skip
+    return Connection(settings, tracker, tracker.clone_url, tracker.default_branch,
+                      GitAuth(token), credentials.repo, tracker.full_name,
+                      claude_model)  # fmt: skip
 
 
 def _labels(settings: FleetConfig) -> Labels:
@@ -100,18 +131,14 @@ def _labels(settings: FleetConfig) -> Labels:
     return Labels(names.ready, names.in_progress, names.review, names.failed)
 
 
-def fleet_plan(
-    settings: FleetConfig, connection: Connection, report_dir: Path
-) -> LeaderPlan[IssueUnit, IssueResult]:
-    """Poll the ready issues once and plan their resolution."""
+def fleet_context(connection: Connection, report_dir: Path) -> FleetContext:
+    """What every worker of one run shares; the workspace root made absolute."""
+    settings = connection.settings
     root = Path(settings.workspace).resolve()
-    mirror = Mirror(root, connection.clone_url, connection.auth)
-    prefix = settings.labels.priority_prefix
-    units = [IssueUnit(issue, issue.priority(prefix)) for issue in connection.tracker.list_ready()]
-    ctx = FleetContext(
+    return FleetContext(
         settings=settings.model_copy(update={"workspace": str(root)}),
         tracker=connection.tracker,
-        mirror=mirror,
+        mirror=Mirror(root, connection.clone_url, connection.auth),
         default_branch=connection.default_branch,
         model_for=connection.model_for,
         system_prompt=load_system_prompt(),
@@ -119,30 +146,126 @@ def fleet_plan(
         report_dir=report_dir,
     )
 
+
+def fleet_plan(
+    connection: Connection,
+    report_dir: Path,
+    issues: list[Issue] | None = None,
+    worker: str | None = None,
+) -> LeaderPlan[IssueUnit, IssueResult]:
+    """Resolve `issues` (default: the ready ones) with agent workers in this process.
+
+    `worker` names the one worker of a `resolve-issue` run instead of the slot names."""
+    settings = connection.settings
+    ctx = fleet_context(connection, report_dir)
+    found = connection.tracker.list_ready() if issues is None else issues
+    units = [IssueUnit(issue, issue.priority(settings.labels.priority_prefix)) for issue in found]
+
     def update_mirror() -> SetupSummary:
         started = time.perf_counter()
-        existed = mirror.exists()
-        mirror.ensure()
+        existed = ctx.mirror.exists()
+        ctx.mirror.ensure()
         return SetupSummary(cache_hit=existed, duration_s=round(time.perf_counter() - started, 3),
-                            key=mirror.path.name, cache_dir=str(mirror.path))  # fmt: skip
+                            key=ctx.mirror.path.name, cache_dir=str(ctx.mirror.path))  # fmt: skip
 
     return LeaderPlan(
         kind="fleet",
         name=connection.name.replace("/", "-"),
-        tiers=build_tiers(units, {1: "urgent", 2: "normal", 3: "low"}),
-        work=lambda unit, worker: resolve_issue(unit, worker, ctx),
+        tiers=build_tiers(units, TIER_NAMES),
+        work=lambda unit, slot: resolve_issue(unit, worker or slot, ctx),
         skipped=skipped_issue,
         crashed=crashed_issue,
-        max_parallel=settings.workers,
+        max_parallel=1 if worker else settings.workers,
         report_dir=report_dir,
         setup=update_mirror if units else None,
-        describe=lambda unit: f"#{unit.issue.number} {unit.issue.title}",
+        describe=_describe,
         tier_barriers=False,  # issues are independent: urgent first, but nobody waits
+        notifications=settings.notifications,
     )
+
+
+def distributed_plan(
+    connection: Connection,
+    report_dir: Path,
+    run_parameters: dict[str, Any],
+    deployment: str = RESOLVE_DEPLOYMENT,
+) -> LeaderPlan[IssueUnit, IssueResult]:
+    """Resolve the ready issues as `resolve-issue` runs on a work pool, and wait for them.
+
+    Every issue is dispatched at once (idempotently: see dispatch.py); how many run at a
+    time is the work pool's concurrency limit, across all its workers and machines."""
+    with get_client(sync_client=True) as client:
+        target = read_deployment(client, deployment)
+        released = sweep_lost_runs(client, target.id, connection.source, connection.tracker)
+    if released:
+        print(f"released issues of lost runs: {', '.join(f'#{n}' for n in released)}")
+    prefix = connection.settings.labels.priority_prefix
+    units = [IssueUnit(i, i.priority(prefix)) for i in connection.tracker.list_ready()]
+
+    def run_on_pool(unit: IssueUnit, slot: str) -> IssueResult:
+        with get_client(sync_client=True) as client:
+            started = dispatch(
+                client, target.id, connection.source, unit.issue, run_parameters,
+                work_queue=priority_queue(unit.priority) if target.work_pool_name else None,
+            )  # fmt: skip
+            run = wait_for_run(client, started.flow_run_id)
+        return issue_result_of(run, unit)
+
+    return LeaderPlan(
+        kind="fleet",
+        name=connection.name.replace("/", "-"),
+        tiers=build_tiers(units, TIER_NAMES),
+        work=run_on_pool,
+        skipped=skipped_issue,
+        crashed=crashed_issue,
+        max_parallel=max(1, len(units)),
+        report_dir=report_dir,
+        describe=_describe,
+        tier_barriers=False,
+        notifications=connection.settings.notifications,
+    )
+
+
+def issue_result_of(run: FlowRun, unit: IssueUnit) -> IssueResult:
+    """The issue's result from a finished `resolve-issue` run (its persisted report)."""
+    state = run.state
+    if state is not None and (state.is_completed() or state.is_failed()):
+        try:
+            report = state.result(raise_on_failure=False)
+        except Exception as exc:  # a lost result fails only this issue
+            return crashed_issue(unit, "?", RuntimeError(f"run {run.name}: no result ({exc})"))
+        if isinstance(report, Report) and report.tasks:
+            result = report.tasks[0]
+            assert isinstance(result, IssueResult)
+            return result
+    what = state.name if state else "unknown"
+    message = state.message if state and state.message else ""
+    return crashed_issue(unit, "?", RuntimeError(f"run {run.name} ended {what} {message}".strip()))
+
+
+def read_deployment(client: SyncPrefectClient, name: str) -> DeploymentResponse:
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        raise ConfigError(
+            "Prefect server", "deployment", f"{name!r} not found: deploy it first "
+            "(`prefect --no-prompt deploy --all`, or `python -m deployments.serve`)",
+        ) from None  # fmt: skip
+
+
+def worker_id() -> str:
+    """This process's worker name: $WORKER_ID (set on each `prefect worker start`), or
+    host-pid; safe as a folder name."""
+    name = os.environ.get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:64]
 
 
 def default_report_dir(settings: FleetConfig) -> Path:
     return Path(settings.workspace) / ".fleet" / "report"
+
+
+def _describe(unit: IssueUnit) -> str:
+    return f"#{unit.issue.number} {unit.issue.title}"
 
 
 @flow(name="fleet", persist_result=False)
@@ -151,8 +274,79 @@ def fleet(
     overrides: dict[str, Any] | None = None,
     report_dir: str | None = None,
 ) -> State[Any]:
-    """One poll: claim the ready issues and resolve them with parallel agents."""
+    """One poll: claim the ready issues and resolve them with parallel agents (in distributed
+    mode: with `resolve-issue` runs on the work pool)."""
     settings = load_fleet_config(Path(config_path) if config_path else None, overrides or {})
     connection = connect(settings)
-    target = Path(report_dir) if report_dir else default_report_dir(settings)
-    return report_state(lead(fleet_plan(settings, connection, target.resolve())))
+    target = (Path(report_dir) if report_dir else default_report_dir(settings)).resolve()
+    if settings.mode == "distributed":
+        parameters = run_parameters(config_path, overrides or {})
+        return report_state(lead(distributed_plan(connection, target, parameters)))
+    return report_state(lead(fleet_plan(connection, target)))
+
+
+def run_parameters(config_path: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What a `resolve-issue` run is given: the poller's settings, adding no mock issue."""
+    return {"config_path": config_path, "overrides": {**overrides, "mock_issues": 0}}
+
+
+@flow(name="issue-poller", persist_result=False)
+def issue_poller(
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    deployment: str = RESOLVE_DEPLOYMENT,
+) -> list[Dispatch]:
+    """Release the issues of lost runs, then start one `resolve-issue` run per ready issue
+    (urgent first) and return without waiting: the work pool runs them."""
+    settings = load_fleet_config(Path(config_path) if config_path else None, overrides or {})
+    connection = connect(settings)
+    parameters = run_parameters(config_path, overrides or {})
+    prefix = connection.settings.labels.priority_prefix
+    with get_client(sync_client=True) as client:
+        target = read_deployment(client, deployment)
+        released = sweep_lost_runs(client, target.id, connection.source, connection.tracker)
+        ready = sorted(connection.tracker.list_ready(), key=lambda i: i.priority(prefix))
+        dispatched = []
+        for issue in ready:
+            queue = priority_queue(issue.priority(prefix)) if target.work_pool_name else None
+            dispatched.append(
+                dispatch(client, target.id, connection.source, issue, parameters, queue)
+            )
+    publish_dispatches(dispatched, released, connection.name)
+    return dispatched
+
+
+@flow(name="resolve-issue", persist_result=True)
+def resolve_issue_run(
+    issue_number: int,
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    report_dir: str | None = None,
+) -> State[Any]:
+    """One issue from claim to pull request, on whichever worker runs this."""
+    settings = load_fleet_config(
+        Path(config_path) if config_path else None, {**(overrides or {}), "mock_issues": 0}
+    )
+    connection = connect(settings)
+    issue = connection.tracker.get(issue_number)
+    worker = worker_id()
+    target = Path(report_dir) if report_dir else default_report_dir(settings) / issue.name
+    plan = fleet_plan(connection, target.resolve(), issues=[issue], worker=worker)
+    plan.name = f"{plan.name}-{issue.name}"
+    return report_state(lead(plan))
+
+
+def publish_dispatches(dispatched: list[Dispatch], released: list[int], name: str) -> None:
+    """A table artifact on the poller's run: which issue went to which run."""
+    rows = [
+        {"issue": f"#{d.issue}", "flow run": d.flow_run_name, "flow run id": str(d.flow_run_id),
+         "action": "started" if d.started else "already running"}
+        for d in dispatched
+    ] + [{"issue": f"#{n}", "flow run": "", "flow run id": "",
+          "action": "released (its run was lost)"} for n in released]  # fmt: skip
+    empty = {"issue": "", "flow run": "", "flow run id": "", "action": "no ready issue"}
+    create_table_artifact(
+        table=rows or [empty],
+        key="issue-poller",
+        description=f"Issues dispatched by this poll of {name}",
+    )

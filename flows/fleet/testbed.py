@@ -3,6 +3,7 @@ are real git objects) and a file-backed tracker seeded with mock issues."""
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,11 @@ tasks:
     priority: 1
     run: for f in changes/*.md; do head -n 1 "$f" | grep -q '^# ' || exit 1; done
 """
+
+
+def testbed_source(workspace: Path) -> str:
+    """Names this testbed in run tags and idempotency keys (as OWNER/NAME does a repo)."""
+    return "testbed-" + hashlib.sha1(str(workspace.resolve()).encode()).hexdigest()[:10]
 
 
 def testbed_dir(workspace: Path) -> Path:

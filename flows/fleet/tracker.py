@@ -58,8 +58,15 @@ class Labels:
 
 
 class Tracker(Protocol):
+    @property
+    def labels(self) -> Labels: ...
+
     def list_ready(self) -> list[Issue]:
         """Open issues with the ready label, oldest first, pull requests excluded."""
+        ...
+
+    def get(self, number: int) -> Issue:
+        """One issue with its current labels, whatever they are; TrackerError if none."""
         ...
 
     def claim(self, issue: Issue, claimant: str) -> bool:
@@ -116,6 +123,10 @@ class GitHubTracker:
         return f"GitHubTracker({self.full_name!r})"
 
     @property
+    def labels(self) -> Labels:
+        return self._labels
+
+    @property
     def full_name(self) -> str:
         return self._repo.full_name
 
@@ -136,6 +147,10 @@ class GitHubTracker:
             # a plain issue) makes PyGithub GET that issue again.
             rows = [item._rawData for item in found]
         return [_issue_from_json(data) for data in rows if "pull_request" not in data]
+
+    def get(self, number: int) -> Issue:
+        with _api_errors(f"read {self.full_name}#{number}"):
+            return _issue_from_json(self._repo.get_issue(number)._rawData)
 
     def claim(self, issue: Issue, claimant: str) -> bool:
         handle = self._handle(issue)
@@ -347,6 +362,10 @@ class LocalTracker:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def labels(self) -> Labels:
+        return self._labels
+
     @classmethod
     def create(cls, path: Path, issues: Iterable[Issue], labels: Labels) -> LocalTracker:
         """Seed a new store with `issues` (their numbers kept); FileExistsError if one exists."""
@@ -381,6 +400,9 @@ class LocalTracker:
 
     def list_ready(self) -> list[Issue]:
         return [i.to_issue() for i in self._all_issues() if self._labels.ready in i.labels]
+
+    def get(self, number: int) -> Issue:
+        return self._read_issue(number).to_issue()
 
     def claim(self, issue: Issue, claimant: str) -> bool:
         ready = self._labels.ready

@@ -1,0 +1,95 @@
+"""Serve this project's deployments from one process, without a work pool:
+
+    python -m deployments.serve [--config examples/fleet-simulated.yml] [--interval 300]
+                                [--cron EXPR] [--limit 3]
+
+`issue-poller` runs on its schedule, `resolve-issue` runs (one per issue) and `pipeline`
+runs on demand; all execute in this process, at most `--limit` at a time. Needs a running
+Prefect server (`prefect server start`, PREFECT_API_URL): the ephemeral one has no scheduler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flows.config import ConfigError
+from flows.deploy import EXIT_BAD_INPUT, positive_int
+
+DEFAULT_CONFIG = "examples/fleet-simulated.yml"
+DEFAULT_PIPELINE = "examples/multi-agent-config.yml"
+
+
+def schedule_arguments(interval: float | None, cron: str | None) -> dict[str, Any]:
+    """`to_deployment` keywords for the poller's schedule; ConfigError when it is invalid."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    if cron is not None:
+        try:
+            CronSchedule(cron=cron)
+        except ValueError:
+            problem = f"not a valid cron expression: {cron!r}"
+            raise ConfigError("command line", "--cron", problem) from None
+        return {"cron": cron}
+    seconds = 300.0 if interval is None else interval
+    if seconds <= 0:
+        raise ConfigError("command line", "--interval", f"must be > 0 seconds, got {seconds:g}")
+    return {"interval": seconds}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="fleet YAML for the runs")
+    parser.add_argument("--pipeline-config", default=DEFAULT_PIPELINE)
+    schedule = parser.add_mutually_exclusive_group()
+    schedule.add_argument("--interval", type=float, help="poll every N seconds (default 300)")
+    schedule.add_argument("--cron", help="poll on a cron schedule instead, e.g. '*/5 * * * *'")
+    parser.add_argument("--limit", type=positive_int, default=3,
+                        help="runs at once in this process: the fleet size")  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        schedule = schedule_arguments(args.interval, args.cron)
+        for option, path in (
+            ("--config", args.config),
+            ("--pipeline-config", args.pipeline_config),
+        ):
+            if not Path(path).is_file():
+                raise ConfigError("command line", option, f"no such file: {path}")
+        serve_all(args.config, args.pipeline_config, schedule, args.limit)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def serve_all(config: str, pipeline_config: str, schedule: dict[str, Any], limit: int) -> None:
+    from prefect import serve
+    from prefect.deployments.runner import RunnerDeployment
+
+    from flows._prefect import require_api
+    from flows.fleet.flow import issue_poller, resolve_issue_run
+    from flows.pipeline.flow import pipeline
+
+    require_api("serving deployments")
+    fleet_parameters = {"config_path": config}
+    deployments = [
+        issue_poller.to_deployment(name="issue-poller", parameters=fleet_parameters, **schedule),
+        resolve_issue_run.to_deployment(name="resolve-issue", parameters=fleet_parameters),
+        pipeline.to_deployment(name="pipeline", parameters={"config_path": pipeline_config}),
+    ]
+    serve(*[d for d in deployments if isinstance(d, RunnerDeployment)], limit=limit)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

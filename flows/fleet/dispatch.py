@@ -1,0 +1,150 @@
+"""Distributed fleet runs: one `resolve-issue` deployment run per issue, on a work pool.
+
+The Prefect server is the fleet's coordinator. Dispatch is idempotent: an issue with an
+active run is left alone, and a new run gets the deterministic idempotency key
+`issue:<source>#<number>/<earlier runs>`, so two pollers racing for one issue (or a retried
+poller) create one run between them; the database enforces it. The sweep gives the issues of
+crashed or cancelled runs back to the queue, so the next poll starts them again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+
+from flows.fleet.models import Issue
+from flows.fleet.tracker import Tracker
+
+RESOLVE_DEPLOYMENT = "resolve-issue/resolve-issue"
+PRIORITY_QUEUES = ("urgent", "normal", "low")  # work queues for priority:1, 2, 3 and after
+FLEET_TAG = "fleet"
+ACTIVE_STATES = (
+    StateType.SCHEDULED,
+    StateType.PENDING,
+    StateType.RUNNING,
+    StateType.PAUSED,
+    StateType.CANCELLING,
+)
+LOST_STATES = (StateType.CRASHED, StateType.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    issue: int
+    flow_run_id: UUID
+    flow_run_name: str
+    started: bool  # False: an active run for this issue already existed
+
+
+def priority_queue(priority: int) -> str:
+    return PRIORITY_QUEUES[min(max(priority, 1), len(PRIORITY_QUEUES)) - 1]
+
+
+def source_tag(source: str) -> str:
+    return f"{FLEET_TAG}:{source}"
+
+
+def issue_tag(source: str, number: int) -> str:
+    return f"issue:{source}#{int(number)}"
+
+
+def issue_of(run: FlowRun) -> int | None:
+    number = run.parameters.get("issue_number")
+    return number if isinstance(number, int) else None
+
+
+def runs_of_issue(
+    client: SyncPrefectClient, deployment_id: UUID, source: str, number: int
+) -> list[FlowRun]:
+    """Every run this deployment made for one issue, oldest first."""
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+            tags=FlowRunFilterTags(all_=[issue_tag(source, number)]),
+        ),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+    )
+
+
+def dispatch(
+    client: SyncPrefectClient,
+    deployment_id: UUID,
+    source: str,
+    issue: Issue,
+    parameters: dict[str, Any],
+    work_queue: str | None = None,
+) -> Dispatch:
+    """Start the run that resolves `issue`, unless one is already scheduled or running.
+
+    `work_queue`: the pool's queue for the issue's priority (workers drain higher-priority
+    queues first); None for served deployments, which have no pool."""
+    earlier = runs_of_issue(client, deployment_id, source, issue.number)
+    active = [run for run in earlier if run.state_type in ACTIVE_STATES]
+    if active:
+        return Dispatch(issue.number, active[0].id, active[0].name, started=False)
+    run = client.create_flow_run_from_deployment(
+        deployment_id,
+        parameters={**parameters, "issue_number": issue.number},
+        name=f"{issue.name}-{len(earlier) + 1}",
+        tags=[FLEET_TAG, source_tag(source), issue_tag(source, issue.number)],
+        idempotency_key=f"{issue_tag(source, issue.number)}/{len(earlier)}",
+        work_queue_name=work_queue,
+    )
+    return Dispatch(issue.number, run.id, run.name, started=True)
+
+
+def sweep_lost_runs(
+    client: SyncPrefectClient, deployment_id: UUID, source: str, tracker: Tracker
+) -> list[int]:
+    """Release the issues whose last run crashed or was cancelled while holding them.
+
+    A crashed run (its worker was killed, its machine lost) never labels its issue, which
+    would stay in progress forever. Returns the numbers of the released issues."""
+    lost = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+            tags=FlowRunFilterTags(all_=[source_tag(source)]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(LOST_STATES))),
+        )
+    )
+    released: list[int] = []
+    for number in sorted({n for run in lost if (n := issue_of(run)) is not None}):
+        runs = runs_of_issue(client, deployment_id, source, number)
+        last = runs[-1] if runs else None
+        if last is None or last.state_type not in LOST_STATES:
+            continue  # a later run exists (finished, or still going)
+        issue = tracker.get(number)
+        if tracker.labels.in_progress not in issue.labels:
+            continue  # released already, or finished by hand
+        state = last.state.name if last.state else "lost"
+        tracker.release(issue, f"run {last.name} ended {state}; back in the queue")
+        released.append(number)
+    return released
+
+
+def wait_for_run(
+    client: SyncPrefectClient,
+    flow_run_id: UUID,
+    poll_seconds: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FlowRun:
+    """Poll until the run is in a final state; returns it."""
+    while True:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        sleep(poll_seconds)
