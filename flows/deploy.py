@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     fleet = commands.add_parser(
         "fleet", help="resolve ready-for-dev issues with parallel agents, one pull request each"
     )
-    fleet.add_argument("--mode", choices=("test", "local", "distributed"), default="test")
+    fleet.add_argument("--mode", choices=("test", "local", "distributed"),
+                       help="default: the config's mode, else test")  # fmt: skip
     fleet.add_argument("--config", type=Path, help="YAML file with a `fleet:` section")
     fleet.add_argument("--repo", help="OWNER/NAME of the GitHub repository (local mode)")
     fleet.add_argument("--workers", type=positive_int, help="parallel agent workers")
