@@ -210,3 +210,17 @@ def test_unknown_label_on_the_repository_is_a_clear_error(
     assert "acme/widgets has no label" in result.stderr and "in-progress" in result.stderr
     assert "t0ken" not in result.stdout + result.stderr
     assert not github.pulls
+
+
+def test_next_poll_merges_approved_pull_requests(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """auto_merge_on_approval: the leader merges the approved ones at its next poll."""
+    workspace = tmp_path / "ws"
+    first = run_cli(fleet_args(workspace, "--mock-issues", "2"), cli_env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    store = tracker(workspace)
+    approved, waiting = store.pulls()
+    store.add_review(approved.number, "alice", "APPROVED")
+    second = run_cli(fleet_args(workspace, "--mock-issues", "0"), cli_env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    merged = {pull.number: pull.state for pull in tracker(workspace).pulls()}
+    assert merged == {approved.number: "merged", waiting.number: "open"}

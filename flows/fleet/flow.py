@@ -39,6 +39,7 @@ from flows.fleet.dispatch import (
     sweep_lost_runs,
     wait_for_run,
 )
+from flows.fleet.merge import MergeResult, merge_approved
 from flows.fleet.models import Issue, IssueResult
 from flows.fleet.simulated import SimulatedModel, fails
 from flows.fleet.testbed import DEFAULT_BRANCH, ensure_remote, ensure_tracker, testbed_source
@@ -278,6 +279,7 @@ def fleet(
     mode: with `resolve-issue` runs on the work pool)."""
     settings = load_fleet_config(Path(config_path) if config_path else None, overrides or {})
     connection = connect(settings)
+    merge_approved_pulls(connection)
     target = (Path(report_dir) if report_dir else default_report_dir(settings)).resolve()
     if settings.mode == "distributed":
         parameters = run_parameters(config_path, overrides or {})
@@ -300,6 +302,7 @@ def issue_poller(
     (urgent first) and return without waiting: the work pool runs them."""
     settings = load_fleet_config(Path(config_path) if config_path else None, overrides or {})
     connection = connect(settings)
+    merge_approved_pulls(connection)
     parameters = run_parameters(config_path, overrides or {})
     prefix = connection.settings.labels.priority_prefix
     with get_client(sync_client=True) as client:
@@ -334,6 +337,18 @@ def resolve_issue_run(
     plan = fleet_plan(connection, target.resolve(), issues=[issue], worker=worker)
     plan.name = f"{plan.name}-{issue.name}"
     return report_state(lead(plan))
+
+
+def merge_approved_pulls(connection: Connection) -> list[MergeResult]:
+    """auto_merge_on_approval: merge the fleet's approved pull requests; a table artifact."""
+    merges = merge_approved(connection.tracker, connection.settings.auto_merge_on_approval)
+    if merges:
+        rows = [{"pull": f"#{m.pull}", "issue": f"#{m.issue}", "merged": m.merged,
+                 "reason": m.reason} for m in merges]  # fmt: skip
+        create_table_artifact(
+            table=rows, key="auto-merge", description=f"Auto-merge of {connection.name}"
+        )
+    return merges
 
 
 def publish_dispatches(dispatched: list[Dispatch], released: list[int], name: str) -> None:

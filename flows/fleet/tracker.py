@@ -4,7 +4,8 @@ same state in JSON files for test mode.
 
 Labels carry the state, so several workers and fleets can share one repository:
 ready-for-dev -(claim)-> in-progress -(finish)-> ai-review | ai-failed, and release() puts an
-issue back to ready-for-dev.
+issue back to ready-for-dev. With auto-merge (flows/fleet/merge.py) the leader squash-merges
+approved pull requests; their "Closes #N" closes the issue.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -27,7 +29,7 @@ from github import Github, GithubException
 from github.Issue import Issue as GithubIssue
 from github.PullRequest import PullRequest as GithubPull
 from github.Repository import Repository
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows.fleet.models import (
     FAILED_LABEL,
@@ -44,6 +46,47 @@ _API_ERRORS = (GithubException, requests.RequestException)
 
 class TrackerError(Exception):
     """A tracker operation failed; the message names the operation and the issue."""
+
+
+class Review(BaseModel):
+    """One review of a pull request, as GitHub reports it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reviewer: str
+    state: str  # APPROVED, CHANGES_REQUESTED, COMMENTED, DISMISSED
+    commit: str | None = Field(default=None, description="The head commit it reviewed")
+
+
+class ReviewPull(BaseModel):
+    """An open pull request of the fleet whose issue waits for review: from the fleet's branch
+    `ai-feature/issue-N` of the repository itself (not a fork), for issue N, open and labelled
+    for review. A candidate for auto-merge."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: int
+    url: str
+    branch: str
+    issue: int
+    head_sha: str | None = Field(default=None, description="Merged only if still the head")
+    reviews: tuple[Review, ...] = Field(default=(), description="Oldest first")
+
+
+def issue_of_branch(branch: str) -> int | None:
+    """N for the fleet's branch `ai-feature/issue-N`, exactly as branch_name() writes it."""
+    found = re.fullmatch(r"ai-feature/issue-([1-9][0-9]*)", branch)
+    return int(found.group(1)) if found else None
+
+
+# GitHub closes the issues a pull request's body names this way when it merges into the default
+# branch: https://docs.github.com/en/issues/tracking-your-work-with-issues/linking-a-pull-request-to-an-issue
+_CLOSING = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?):?\s+#([0-9]+)\b", re.I)
+
+
+def closing_references(body: str) -> list[int]:
+    """Issue numbers `body` closes ("Closes #3", "fixes: #4", ...), in order, once each."""
+    return list(dict.fromkeys(int(number) for number in _CLOSING.findall(body)))
 
 
 @dataclass(frozen=True)
@@ -85,6 +128,17 @@ class Tracker(Protocol):
 
     def finish(self, issue: Issue, ok: bool, comment: str) -> None:
         """in-progress -> review label (ok) or failed label; post `comment` when not empty."""
+        ...
+
+    def review_pulls(self) -> list[ReviewPull]:
+        """The fleet's open pull requests whose issue is open with the review label, with
+        their reviews (see ReviewPull): what auto-merge looks at."""
+        ...
+
+    def merge(self, pull: ReviewPull) -> None:
+        """Squash-merge `pull` (only while its head is `pull.head_sha`); its "Closes #N" closes
+        the issue. TrackerError when it cannot be merged: conflicts, branch protection, a head
+        that moved, an already closed pull request."""
         ...
 
 
@@ -203,6 +257,46 @@ class GitHubTracker:
             if comment:
                 handle.create_comment(comment)
 
+    def review_pulls(self) -> list[ReviewPull]:
+        with _api_errors(f"list pull requests in review of {self.full_name}"):
+            # Page JSON only (see list_ready): two listings, then one request per candidate.
+            issues = self._repo.get_issues(state="open", labels=[self._labels.review])
+            in_review = {i._rawData["number"] for i in issues if "pull_request" not in i._rawData}
+            if not in_review:
+                return []
+            found = []
+            for pull in self._repo.get_pulls(state="open", base=self.default_branch):
+                data = pull._rawData
+                head = data.get("head") or {}
+                issue = issue_of_branch(str(head.get("ref") or ""))
+                head_repo = str((head.get("repo") or {}).get("full_name") or "")
+                ours = head_repo.lower() == self.full_name.lower()  # a fork's branch is not
+                if issue is not None and issue in in_review and ours:
+                    reviews = tuple(_review_from_json(r._rawData) for r in pull.get_reviews())
+                    found.append(
+                        ReviewPull(
+                            number=data["number"],
+                            url=data["html_url"],
+                            branch=head["ref"],
+                            issue=issue,
+                            head_sha=head.get("sha"),
+                            reviews=reviews,
+                        )
+                    )
+        return found
+
+    def merge(self, pull: ReviewPull) -> None:
+        url = f"{self._repo.url}/pulls/{pull.number}"
+        handle = GithubPull(self._repo.requester, url=url, completed=False)  # no GET
+        action = f"merge pull request {self.full_name}#{pull.number}"
+        with _api_errors(action):
+            if pull.head_sha:  # GitHub answers 409 if the branch moved since it was reviewed
+                status = handle.merge(merge_method="squash", sha=pull.head_sha)
+            else:
+                status = handle.merge(merge_method="squash")
+        if not status.merged:
+            raise TrackerError(f"{action}: GitHub answered {status.message}")
+
     def _ref(self, issue: Issue) -> str:
         return f"{self.full_name}#{issue.number}"
 
@@ -288,6 +382,15 @@ def _issue_from_json(data: dict[str, Any]) -> Issue:
     )
 
 
+def _review_from_json(data: dict[str, Any]) -> Review:
+    user = data.get("user") or {}
+    return Review(
+        reviewer=str(user.get("login") or "ghost"),  # a deleted account is null
+        state=str(data.get("state") or ""),
+        commit=data.get("commit_id"),
+    )
+
+
 def _pull_request(pull: GithubPull, branch: str, *, created: bool) -> PullRequest:
     return PullRequest(number=pull.number, url=pull.html_url, branch=branch, created=created)
 
@@ -303,12 +406,16 @@ class LocalPull(BaseModel):
     title: str
     body: str
     url: str
+    state: Literal["open", "closed", "merged"] = "open"
+    mergeable: bool = True
+    reviews: list[Review] = Field(default_factory=list)
 
 
 class _LocalIssue(BaseModel):
     number: int
     title: str
     body: str = ""
+    state: Literal["open", "closed"] = "open"
     labels: list[str] = Field(default_factory=list)
     comments: list[str] = Field(default_factory=list)
 
@@ -399,7 +506,11 @@ class LocalTracker:
     # ----- Tracker -----
 
     def list_ready(self) -> list[Issue]:
-        return [i.to_issue() for i in self._all_issues() if self._labels.ready in i.labels]
+        return [
+            i.to_issue()
+            for i in self._all_issues()
+            if i.state == "open" and self._labels.ready in i.labels
+        ]
 
     def get(self, number: int) -> Issue:
         return self._read_issue(number).to_issue()
@@ -444,6 +555,8 @@ class LocalTracker:
         file = self._store() / "pulls" / f"{key}.json"
         with _flock(self._lock_file(f"pull-{key}")):  # one creator per branch
             pull = _read_model(LocalPull, file) if file.exists() else None
+            if pull is not None and pull.state != "open":
+                pull = None  # as on GitHub, a merged or closed one is not reopened: a new one
             created = pull is None
             if pull is None:
                 number = self._take_number()
@@ -468,6 +581,71 @@ class LocalTracker:
 
         self._change(issue.number, done)
 
+    def review_pulls(self) -> list[ReviewPull]:
+        found = []
+        for pull in self.pulls():
+            issue = issue_of_branch(pull.branch)
+            if pull.state != "open" or issue is None:
+                continue
+            try:
+                record = self._read_issue(issue)
+            except _NoIssue:
+                continue
+            if record.state == "open" and self._labels.review in record.labels:
+                found.append(
+                    ReviewPull(
+                        number=pull.number,
+                        url=pull.url,
+                        branch=pull.branch,
+                        issue=issue,
+                        reviews=tuple(pull.reviews),
+                    )
+                )
+        return found
+
+    def merge(self, pull: ReviewPull) -> None:
+        """Mark the pull request merged and close the issues its body closes, as GitHub does
+        (the test-mode remote's branches are not merged: the store only records it)."""
+        action = f"merge pull request #{pull.number}"
+
+        def merged(record: LocalPull) -> None:
+            if record.number != pull.number or record.state != "open":
+                raise TrackerError(f"{action}: it is not open")
+            if not record.mergeable:
+                raise TrackerError(f"{action}: not mergeable (conflicts with the base branch)")
+            record.state = "merged"
+
+        record = self._change_pull(pull.branch, merged)
+
+        def close(issue: _LocalIssue) -> bool:
+            if issue.state == "closed":
+                return False
+            issue.state = "closed"
+            issue.comments.append(f"Closed by pull request #{pull.number} ({pull.url})")
+            return True
+
+        for number in closing_references(record.body):
+            with suppress(_NoIssue):
+                self._change(number, close)
+
+    # ----- test controls -----
+
+    def add_review(self, pull_number: int, reviewer: str, state: str = "APPROVED") -> None:
+        """Record a review (APPROVED, CHANGES_REQUESTED, COMMENTED, DISMISSED) of a pull."""
+
+        def add(record: LocalPull) -> None:
+            record.reviews.append(Review(reviewer=reviewer, state=state))
+
+        self._change_pull(self._pull(pull_number).branch, add)
+
+    def set_mergeable(self, pull_number: int, mergeable: bool) -> None:
+        """False: merging it fails, as a pull request with conflicts does."""
+
+        def mark(record: LocalPull) -> None:
+            record.mergeable = mergeable
+
+        self._change_pull(self._pull(pull_number).branch, mark)
+
     # ----- inspection -----
 
     def issues(self) -> list[Issue]:
@@ -484,6 +662,28 @@ class LocalTracker:
 
     def labels_of(self, number: int) -> list[str]:
         return list(self._read_issue(number).labels)
+
+    def state_of(self, number: int) -> str:
+        """`open` or `closed`."""
+        return self._read_issue(number).state
+
+    def _pull(self, number: int) -> LocalPull:
+        found = [pull for pull in self.pulls() if pull.number == number]
+        if not found:
+            raise TrackerError(f"{self._path}: no pull request #{number}")
+        return found[0]
+
+    def _change_pull(self, branch: str, change: Callable[[LocalPull], None]) -> LocalPull:
+        """Apply `change` to the pull request of `branch` under its lock, save it, return it."""
+        key = _branch_key(branch)
+        file = self._store() / "pulls" / f"{key}.json"
+        with _flock(self._lock_file(f"pull-{key}")):
+            if not file.exists():
+                raise TrackerError(f"{self._path}: no pull request from {branch}")
+            record = _read_model(LocalPull, file)
+            change(record)
+            _write_model(file, record)
+        return record
 
     # ----- storage -----
 

@@ -2,14 +2,18 @@
 
 Covers what the fleet needs through PyGithub: the repo, the authenticated user, issues
 (list with filters and Link pagination, get, create, edit), issue labels, repo labels,
-comments, assignees and pull requests. Issues and pull requests share one number sequence
-and pull requests are listed among issues with a `pull_request` key, as on GitHub.
+comments, assignees and pull requests (list, create, edit, reviews, merge). Issues and pull
+requests share one number sequence and pull requests are listed among issues with a
+`pull_request` key, as on GitHub.
 
 GitHub quirks that are mimicked on purpose:
 - `GET /pulls?head=branch` (no `owner:`) ignores the filter and lists every matching PR.
 - removing a label the issue does not have answers 404 "Label does not exist".
 - a second open PR for the same head and base answers 422 "A pull request already exists".
 - adding an unknown label to an issue creates it on the repository.
+- merging answers 405 when the pull request is not mergeable (or not open) and 409 when the
+  `sha` given is no longer the head; a merge into the default branch closes the issues the
+  pull request's body names with a closing keyword ("Closes #N").
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import re
 import threading
 import time
 import zlib
@@ -33,6 +38,9 @@ HTML_ROOT = "https://github.com"
 RATE_LIMIT = 5000
 DEFAULT_PER_PAGE = 30
 MAX_PER_PAGE = 100
+MERGE_METHODS = ("merge", "squash", "rebase")
+# GitHub's closing keywords: close(s|d), fix(es|ed), resolve(s|d), then `#N`.
+CLOSING_KEYWORDS = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?):?\s+#([0-9]+)\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -65,11 +73,29 @@ class _Comment:
 
 
 @dataclass
+class _Review:
+    id: int
+    user: str
+    state: str
+    commit_id: str
+    submitted_at: str
+    body: str = ""
+
+
+@dataclass
 class _Pull:
     head_owner: str
     head: str
     base: str
     draft: bool
+    sha: str = ""  # the head commit
+    mergeable: bool = True
+    merged_at: str | None = None
+    merge_sha: str | None = None
+    reviews: list[_Review] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sha = self.sha or hashlib.sha1(self.label.encode()).hexdigest()
 
     @property
     def label(self) -> str:
@@ -167,6 +193,37 @@ class FakeGitHub(LoopbackServer):
             self._set_state(issue, state)
             return issue.number
 
+    def add_review(
+        self,
+        number: int,
+        reviewer: str,
+        state: str = "APPROVED",
+        *,
+        commit_id: str | None = None,
+        body: str = "",
+    ) -> int:
+        """A submitted review of pull request `number` (APPROVED, CHANGES_REQUESTED, COMMENTED,
+        DISMISSED) by `reviewer`, of `commit_id` (default: the current head); returns its id."""
+        with self._lock:
+            pull = self._pull_of(number)
+            review = _Review(
+                next(self._ids), reviewer, state, commit_id or pull.sha, self._tick(), body
+            )
+            pull.reviews.append(review)
+            return review.id
+
+    def set_mergeable(self, number: int, mergeable: bool) -> None:
+        """False: merging pull request `number` answers 405, as with conflicts."""
+        with self._lock:
+            self._pull_of(number).mergeable = mergeable
+
+    def push(self, number: int) -> str:
+        """A new commit on the head branch of pull request `number`; returns its sha."""
+        with self._lock:
+            pull = self._pull_of(number)
+            pull.sha = hashlib.sha1(f"{pull.sha}+".encode()).hexdigest()
+            return pull.sha
+
     def fail_next(self, n: int, status: int = 502, headers: dict[str, str] | None = None) -> None:
         """Answer the next `n` requests with `status` (before authentication, like a gateway)."""
         message = _phrase(status)
@@ -235,6 +292,12 @@ class FakeGitHub(LoopbackServer):
         """Label names on one issue or PR."""
         with self._lock:
             return list(self._issues[number].labels)
+
+    def pull(self, number: int) -> dict[str, Any]:
+        """One PR as `GET /repos/{o}/{r}/pulls/{n}` renders it; KeyError if unknown."""
+        with self._lock:
+            self._pull_of(number)
+            return self._pull_json(self._issues[number])
 
     # ----- HTTP entry point --------------------------------------------------------------
 
@@ -319,8 +382,8 @@ class FakeGitHub(LoopbackServer):
                 return self._list_pulls(request)
             case "POST", ["pulls"]:
                 return self._create_pull(body)
-            case _, ["pulls", number] if number.isdigit():
-                return self._route_pull(request.method, int(number), body)
+            case _, ["pulls", number, *sub] if number.isdigit():
+                return self._route_pull(request, int(number), sub, body)
         return _error(404, "Not Found")
 
     def _route_issue(self, request: Request, issue: _Issue, sub: list[str], body: Any) -> Response:
@@ -352,14 +415,22 @@ class FakeGitHub(LoopbackServer):
                 return self._change_assignees(issue, body, add=False)
         return _error(404, "Not Found")
 
-    def _route_pull(self, method: str, number: int, body: Any) -> Response:
+    def _route_pull(self, request: Request, number: int, sub: list[str], body: Any) -> Response:
         issue = self._issues.get(number)
         if issue is None or issue.pull is None:
             return _error(404, "Not Found")
-        if method == "GET":
-            return Response(200, self._pull_json(issue))
-        if method == "PATCH":
-            return self._edit_pull(issue, body)
+        match request.method, sub:
+            case "GET", []:
+                return Response(200, self._pull_json(issue))
+            case "PATCH", []:
+                return self._edit_pull(issue, body)
+            case "GET", ["reviews"]:
+                reviews = [self._review_json(issue, r) for r in issue.pull.reviews]
+                return self._paginate(reviews, request)
+            case "GET", ["merge"]:
+                return Response(204) if issue.pull.merged_at else _error(404, "Not Found")
+            case "PUT", ["merge"]:
+                return self._merge_pull(issue, body)
         return _error(404, "Not Found")
 
     # ----- issues ------------------------------------------------------------------------
@@ -504,6 +575,35 @@ class FakeGitHub(LoopbackServer):
             self._set_state(issue, body["state"])
         self._touch(issue)
         return Response(200, self._pull_json(issue))
+
+    def _merge_pull(self, issue: _Issue, body: Any) -> Response:
+        pull = issue.pull
+        assert pull is not None
+        body = body if isinstance(body, dict) else {}
+        if body.get("merge_method", "merge") not in MERGE_METHODS:
+            return _invalid_field("PullRequest", "merge_method")
+        if issue.state != "open" or not pull.mergeable:
+            return _error(405, "Pull Request is not mergeable")
+        if body.get("sha") not in (None, pull.sha):
+            return _error(409, "Head branch was modified. Review and try the merge again.")
+        pull.merged_at = self._tick()
+        pull.merge_sha = hashlib.sha1(f"merge:{pull.sha}".encode()).hexdigest()
+        self._set_state(issue, "closed")
+        self._touch(issue)
+        if pull.base == self.default_branch:  # GitHub closes linked issues on the default branch
+            for number in dict.fromkeys(int(n) for n in CLOSING_KEYWORDS.findall(issue.body)):
+                closed = self._issues.get(number)
+                if closed is not None and closed.pull is None and closed.state == "open":
+                    self._set_state(closed, "closed", "completed")
+                    self._touch(closed)
+        message = "Pull Request successfully merged"
+        return Response(200, {"sha": pull.merge_sha, "merged": True, "message": message})
+
+    def _pull_of(self, number: int) -> _Pull:
+        pull = self._issues[number].pull
+        if pull is None:
+            raise KeyError(f"#{number} is an issue, not a pull request")
+        return pull
 
     def _open_pull_exists(self, pull: _Pull) -> bool:
         return any(
@@ -671,7 +771,7 @@ class FakeGitHub(LoopbackServer):
                 "html_url": html,
                 "diff_url": f"{html}.diff",
                 "patch_url": f"{html}.patch",
-                "merged_at": None,
+                "merged_at": issue.pull.merged_at,
             }
         return data
 
@@ -698,17 +798,17 @@ class FakeGitHub(LoopbackServer):
             "state": issue.state,
             "draft": pull.draft,
             "locked": False,
-            "merged": False,
-            "mergeable": None,
-            "merged_at": None,
-            "merge_commit_sha": None,
+            "merged": pull.merged_at is not None,
+            "mergeable": pull.mergeable if issue.state == "open" else None,
+            "merged_at": pull.merged_at,
+            "merge_commit_sha": pull.merge_sha,
             "user": self._user_json(issue.user),
             "labels": self._issue_labels_json(issue),
             "assignee": self._user_json(issue.assignees[0]) if issue.assignees else None,
             "assignees": [self._user_json(login) for login in issue.assignees],
             "requested_reviewers": [],
             "milestone": None,
-            "head": self._ref_json(pull.head_owner, pull.head),
+            "head": self._ref_json(pull.head_owner, pull.head, pull.sha),
             "base": self._ref_json(self.owner, pull.base),
             "comments": len(issue.comments),
             "created_at": issue.created_at,
@@ -717,13 +817,28 @@ class FakeGitHub(LoopbackServer):
             "author_association": "OWNER",
         }
 
-    def _ref_json(self, owner: str, ref: str) -> dict[str, Any]:
+    def _ref_json(self, owner: str, ref: str, sha: str | None = None) -> dict[str, Any]:
         return {
             "label": f"{owner}:{ref}",
             "ref": ref,
-            "sha": hashlib.sha1(f"{owner}:{ref}".encode()).hexdigest(),
+            "sha": sha or hashlib.sha1(f"{owner}:{ref}".encode()).hexdigest(),
             "user": self._user_json(owner),
             "repo": self._repo_json() if owner.lower() == self.owner.lower() else None,
+        }
+
+    def _review_json(self, issue: _Issue, review: _Review) -> dict[str, Any]:
+        html = f"{HTML_ROOT}/{self.owner}/{self.repo}/pull/{issue.number}"
+        return {
+            "id": review.id,
+            "node_id": f"PRR_{review.id}",
+            "user": self._user_json(review.user),
+            "body": review.body,
+            "state": review.state,
+            "html_url": f"{html}#pullrequestreview-{review.id}",
+            "pull_request_url": f"{self._repo_url}/pulls/{issue.number}",
+            "author_association": "MEMBER",
+            "submitted_at": review.submitted_at,
+            "commit_id": review.commit_id,
         }
 
     def _comment_json(self, issue: _Issue, comment: _Comment) -> dict[str, Any]:
