@@ -1,10 +1,18 @@
-"""What the benchmarks share: a throwaway server database."""
+"""What the benchmarks (and the cluster tests) share: a throwaway server database, and a
+server prepared with this project's pool and deployments."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+POOL = "local-process"  # the pool prefect.yaml deploys to
+POLLER = "issue-poller/issue-poller"
 
 
 @contextlib.contextmanager
@@ -55,3 +63,43 @@ def server_database(name: str) -> Iterator[str]:
             yield "postgresql"
         finally:
             os.environ.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
+
+
+def prepare_server(env: dict[str, str], init_workers: int, crash_after: int | None = None) -> None:
+    """On the server of env's PREFECT_API_URL: init (pool, queues, crash detection, block
+    types) and deploy --all from prefect.yaml; then switch the poller's schedule off and drop
+    runs it already scheduled, so that only the caller's runs exist."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    init = subprocess.run(
+        [sys.executable, "-m", "flows.deploy", "init", "--pool", POOL,
+         "--workers", str(init_workers),
+         *(["--crash-after", str(crash_after)] if crash_after else [])],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stdout + init.stderr
+    deploy = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    with get_client(sync_client=True) as client:
+        poller = client.read_deployment_by_name(POLLER)
+        for schedule in client.read_deployment_schedules(poller.id):
+            client.update_deployment_schedule(poller.id, schedule.id, active=False)
+        scheduled = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[poller.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+            ),
+        )
+        for run in scheduled:
+            client.delete_flow_run(run.id)

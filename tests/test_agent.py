@@ -13,7 +13,6 @@ import pytest
 
 from flows.fleet.agent import (
     AgentError,
-    ClaudeModel,
     ModelTurn,
     ScriptedModel,
     ScriptExhaustedError,
@@ -21,6 +20,7 @@ from flows.fleet.agent import (
     load_system_prompt,
     run_agent,
 )
+from flows.fleet.claude import ClaudeModel
 from flows.fleet.cost import CostMeter, Price, UnknownModelError, cost_usd, price_for
 from flows.fleet.models import Issue, Usage
 from flows.fleet.tools import Toolbox

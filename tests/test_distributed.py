@@ -34,7 +34,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from benchmarks.common import postgres_database
+from benchmarks.common import POOL, postgres_database, prepare_server
 from flows._prefect import local_server
 from flows.fleet import testbed
 from flows.fleet.dispatch import RESOLVE_DEPLOYMENT, dispatch, source_tag
@@ -42,7 +42,6 @@ from flows.fleet.testbed import ensure_remote, ensure_tracker
 from flows.fleet.tracker import Labels, LocalTracker
 from tests.conftest import REPO, run_cli
 
-POOL = "local-process"  # the pool prefect.yaml deploys to
 CRASH_AFTER = 45  # seconds without a heartbeat (runs beat every 30 s)
 
 
@@ -71,14 +70,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PYTHONPATH": str(REPO),
         }
-        setup = run_cli(["init", "--pool", POOL, "--workers", "3",
-                         "--crash-after", str(CRASH_AFTER)], env)  # fmt: skip
-        assert setup.returncode == 0, setup.stderr
-        deploy = subprocess.run(
-            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        prepare_server(env, 3, crash_after=CRASH_AFTER)
         workers = {
             name: start_worker(name, env, home) for name in ("worker-1", "worker-2", "worker-3")
         }

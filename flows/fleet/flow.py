@@ -27,7 +27,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
 
 from flows.config import ConfigError
-from flows.fleet.agent import ClaudeModel, Model, load_system_prompt
+from flows.fleet.agent import Model, load_system_prompt
 from flows.fleet.config import FleetConfig, load_fleet_config, uses_testbed
 from flows.fleet.cost import UnknownModelError, price_for
 from flows.fleet.credentials import FleetCredentials, resolve_credentials
@@ -105,6 +105,8 @@ def _connect_github(
 ) -> Connection:
     import anthropic
     from github import Auth, Github
+
+    from flows.fleet.claude import ClaudeModel
 
     token = credentials.github_token.get_secret_value()
     client = Github(base_url=credentials.github_api_url, auth=Auth.Token(token))

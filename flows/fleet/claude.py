@@ -1,0 +1,113 @@
+"""Claude as the agent's model: the anthropic SDK's Messages API behind the `Model` protocol
+of the agent loop. Kept apart so that the loop (and test mode) never imports the SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, cast
+
+import anthropic
+
+from flows.fleet.agent import AgentError, Block, ErrorKind, Message, ModelTurn
+from flows.fleet.models import Usage
+
+# Errors that the SDK retries itself; still failing after its retries, worth a later attempt.
+TRANSIENT_ERRORS: tuple[type[anthropic.AnthropicError], ...] = (
+    anthropic.RateLimitError,
+    anthropic.InternalServerError,  # 5xx, OverloadedError (529) included
+    anthropic.APIConnectionError,  # APITimeoutError included
+    anthropic.RequestTimeoutError,
+    anthropic.ConflictError,
+)
+
+
+class ClaudeModel:
+    """Claude through an injected `anthropic.Anthropic` client (its `max_retries` applies).
+
+    With `prompt_cache`, the tools and system prompt and the conversation so far are marked
+    for the 5-minute prompt cache, so each turn pays the cache-read rate for its history.
+    """
+
+    def __init__(
+        self, client: anthropic.Anthropic, model: str, *, prompt_cache: bool = True
+    ) -> None:
+        self._client = client
+        self.model = model
+        self.prompt_cache = prompt_cache
+
+    def __repr__(self) -> str:
+        return f"ClaudeModel({self.model!r})"
+
+    def complete(
+        self, *, system: str, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int
+    ) -> ModelTurn:
+        cache = self.prompt_cache
+        try:
+            reply = self._client.messages.create(
+                model=self.model,
+                max_tokens=max_tokens,
+                system=cast(Any, _cached_system(system) if cache else system),
+                messages=cast(Any, _cached_messages(messages) if cache else messages),
+                tools=cast(Any, tools),
+            )
+        except anthropic.AnthropicError as exc:
+            secrets = (self._client.api_key, self._client.auth_token)
+            raise agent_error(exc, [s for s in secrets if s]) from None
+        return ModelTurn(
+            content=[_block_to_dict(block) for block in reply.content],
+            stop_reason=reply.stop_reason,
+            usage=Usage(
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                cache_creation_input_tokens=reply.usage.cache_creation_input_tokens or 0,
+                cache_read_input_tokens=reply.usage.cache_read_input_tokens or 0,
+            ),
+        )
+
+
+def agent_error(exc: anthropic.AnthropicError, secrets: Iterable[str] = ()) -> AgentError:
+    """Map an SDK exception to an AgentError: status, error type and the API's message,
+    never the request (headers) and never any of `secrets`."""
+    kind: ErrorKind = "transient" if isinstance(exc, TRANSIENT_ERRORS) else "permanent"
+    if isinstance(exc, anthropic.APIStatusError):
+        detail = exc.api_message or "no message"
+        message = f"{type(exc).__name__} (HTTP {exc.status_code}, {exc.type}): {detail}"
+        if exc.request_id:
+            message += f" [request {exc.request_id}]"
+    elif isinstance(exc, anthropic.APIError):
+        message = f"{type(exc).__name__}: {exc.message}"
+    else:
+        message = type(exc).__name__
+    for secret in secrets:
+        message = message.replace(secret, "[redacted]")
+    return AgentError(kind, message)
+
+
+def _block_to_dict(block: Any) -> Block:
+    """An SDK content block as the plain dict the next request sends back."""
+    if block.type == "text":
+        return {"type": "text", "text": block.text}
+    if block.type == "tool_use":
+        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+    return cast(Block, block.model_dump(mode="json", exclude_none=True))
+
+
+def _cached_system(system: str) -> list[Block]:
+    return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+
+
+def _cached_messages(messages: list[Message]) -> list[Message]:
+    """A copy of `messages` with a cache breakpoint on the last block of the last message
+    (only there: the API allows four breakpoints per request)."""
+    if not messages:
+        return messages
+    last = dict(messages[-1])
+    content = last["content"]
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+    if blocks:
+        blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
+    last["content"] = blocks
+    return [*messages[:-1], last]
+
+
+# ----- scripted model for tests and simulations ---------------------------------------------
