@@ -214,17 +214,20 @@ def test_report_files_artifacts_and_task_run_names(tmp_path: Path) -> None:
         flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[report.flow_run_id]))
         flow_run = client.read_flow_run(report.flow_run_id)  # type: ignore[arg-type]
         assert flow_run.state and flow_run.state.is_failed()
-        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=flow_runs)}
-        deadline = time.monotonic() + 20
+        expected_keys = {"pipeline-reported-tier-1", "pipeline-reported-tier-2",
+                         "pipeline-reported-report", "pipeline-reported-progress"}  # fmt: skip
+        deadline = time.monotonic() + 60  # task runs and artifacts arrive asynchronously
         names: set[str] = set()
         while time.monotonic() < deadline:
             names = {t.name for t in client.read_task_runs(flow_run_filter=flow_runs)}
-            if len(names) == 4:
+            artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=flow_runs)}
+            progress = artifacts.get("pipeline-reported-progress")
+            done = progress is not None and progress.data == 100.0
+            if len(names) == 4 and expected_keys <= set(artifacts) and done:
                 break
             time.sleep(0.2)
     assert names == {"p1 lint", "p1 bad", "p2 build", "p2 no-output"}
-    assert {"pipeline-reported-tier-1", "pipeline-reported-tier-2", "pipeline-reported-report",
-            "pipeline-reported-progress"} <= set(artifacts)  # fmt: skip
+    assert expected_keys <= set(artifacts)
     tier1 = json.loads(artifacts["pipeline-reported-tier-1"].data)  # type: ignore[arg-type]
     assert {row["task"] for row in tier1} == {"lint", "bad"}
     assert any(row.get("command") == "exit 2" for row in tier1)
