@@ -19,7 +19,7 @@ from flows.config import ConfigError, load_config
 from flows.fleet.config import load_fleet_config
 from flows.notify import Notifications, notify, render_body, render_title
 from flows.report import Report, SetupSummary, Summary, UnitResult
-from tests.conftest import write_config
+from tests.conftest import run_cli, write_config
 
 TOKEN = "t0k3n" * 5
 GOOD_TASK = '{name: lint, priority: 1, run: "true"}'
@@ -210,3 +210,35 @@ def test_notifications_in_yaml(tmp_path: Path) -> None:
     config = load_config(path).notifications
     assert config is not None and config.on == ["failure"]
     assert load_fleet_config(None, {}).notifications is None
+
+
+def test_pipeline_and_fleet_runs_notify_the_configured_endpoint(
+    tmp_path: Path, endpoint: Endpoint, cli_env: dict[str, str]
+) -> None:
+    """The wiring: a run's own notifications section, end to end through the CLI."""
+    config = write_config(tmp_path, f"""
+        name: notified
+        notifications:
+          urls: ["{endpoint.url('pipeline')}"]
+        tasks:
+          - {{name: broken, priority: 1, run: "exit 3"}}
+        """)  # fmt: skip
+    result = run_cli(["pipeline", "--config", str(config)], cli_env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    fleet_config = write_config(tmp_path, f"""
+        fleet:
+          workspace: {tmp_path / "ws"}
+          mock_issues: 1
+          agent_seconds: 0.1
+          notifications:
+            urls: ["{endpoint.url('fleet')}"]
+            on: [success]
+        """, "fleet.yml")  # fmt: skip
+    result = run_cli(["fleet", "--config", str(fleet_config)], cli_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert endpoint.paths == ["/pipeline", "/fleet"]
+    pipeline_message, fleet_message = endpoint.messages
+    assert "pipeline notified" in pipeline_message["title"]
+    assert "broken" in pipeline_message["message"]
+    assert "/runs/flow-run/" in pipeline_message["message"]  # the UI link
+    assert "fleet" in fleet_message["title"] and "1/1" in fleet_message["title"]
