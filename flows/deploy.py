@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        apply_log_level(os.environ.get("LOG_LEVEL"))
         return int(args.handler(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -115,6 +118,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def apply_log_level(value: str | None) -> None:
+    """LOG_LEVEL (DEBUG, INFO, WARNING, ERROR): the level of this project's own loggers
+    (`flows.*`, e.g. each agent turn at INFO), shown on stderr. Prefect's own loggers follow
+    PREFECT_LOGGING_LEVEL."""
+    if not value:
+        return
+    level = logging.getLevelName(value.strip().upper())
+    if not isinstance(level, int):
+        raise ConfigError("environment", "LOG_LEVEL",
+                          f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")  # fmt: skip
+    logger = logging.getLogger("flows")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
@@ -211,8 +232,6 @@ def run_init_command(args: argparse.Namespace) -> int:
 
 
 def run_blocks_command(args: argparse.Namespace) -> int:
-    import os
-
     from blocks import register_blocks, save_blocks_from_env
     from flows.fleet.config import load_fleet_config
 

@@ -224,3 +224,15 @@ def test_next_poll_merges_approved_pull_requests(tmp_path: Path, cli_env: dict[s
     assert second.returncode == 0, second.stdout + second.stderr
     merged = {pull.number: pull.state for pull in tracker(workspace).pulls()}
     assert merged == {approved.number: "merged", waiting.number: "open"}
+
+
+def test_log_level_shows_the_agents_turns_and_rejects_nonsense(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    workspace = tmp_path / "ws"
+    result = run_cli(fleet_args(workspace, "--mock-issues", "1"), {**cli_env, "LOG_LEVEL": "info"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "INFO flows.fleet.agent: turn 1" in result.stderr
+    bad = run_cli(fleet_args(workspace), {**cli_env, "LOG_LEVEL": "chatty"})
+    assert bad.returncode == 2
+    assert "LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got 'chatty'" in bad.stderr
