@@ -15,13 +15,12 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 from prefect.blocks.core import Block
-from prefect.settings import PREFECT_API_URL
 from pydantic import Field, SecretStr, ValidationError, field_validator
 
+from flows._prefect import api_url_for_messages
 from flows.config import ConfigError, format_loc
 from flows.fleet.config import BLOCK_NAME_PATTERN, REPO_PATTERN, FleetConfig, LabelNames
 from flows.fleet.cost import UnknownModelError, price_for
@@ -204,26 +203,15 @@ def prefect_api_errors() -> Iterator[None]:
     try:
         yield
     except httpx.HTTPStatusError as exc:
-        problem = f"the Prefect API at {prefect_api_url()} answered {exc.response.status_code}"
+        problem = f"the Prefect API at {api_url_for_messages()} answered {exc.response.status_code}"
         raise ConfigError("Prefect settings", "PREFECT_API_URL", problem) from None
     except httpx.HTTPError as exc:
         problem = (
-            f"the Prefect API URL {prefect_api_url()} could not be reached "
+            f"the Prefect API URL {api_url_for_messages()} could not be reached "
             f"({exc.__class__.__name__}); start the server (`prefect server start`) "
             "or point PREFECT_API_URL at a running one"
         )
         raise ConfigError("Prefect settings", "PREFECT_API_URL", problem) from None
-
-
-def prefect_api_url() -> str:
-    """The configured API URL without any user:password part, for messages."""
-    url = str(PREFECT_API_URL.value() or "")
-    if not url:
-        return "(not set: Prefect's temporary local server)"
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _from_values(

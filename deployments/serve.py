@@ -40,6 +40,15 @@ def schedule_arguments(interval: float | None, cron: str | None) -> dict[str, An
     return {"interval": seconds}
 
 
+def validate_configs(fleet_config: Path, pipeline_config: Path) -> None:
+    """Both configs, checked once at start (not once per scheduled run); ConfigError."""
+    from flows.config import load_config
+    from flows.fleet.config import load_fleet_config
+
+    load_fleet_config(fleet_config, {})
+    load_config(pipeline_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.serve",
@@ -66,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             if not Path(path).is_file():
                 raise ConfigError("command line", option, f"no such file: {path}")
+        validate_configs(Path(args.config), Path(args.pipeline_config))
         serve_all(args.config, args.pipeline_config, schedule, args.limit)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

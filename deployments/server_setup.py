@@ -13,7 +13,7 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 
-from flows.fleet.dispatch import PRIORITY_QUEUES
+from flows.fleet.dispatch import FLEET_TAG, PRIORITY_QUEUES
 
 CRASH_DETECTION = "fleet-crash-detection"
 FINAL_EVENTS = {
@@ -48,6 +48,10 @@ def ensure_priority_queues(client: SyncPrefectClient, pool: str) -> None:
             client.update_work_queue(queue.id, priority=priority)
 
 
+HEARTBEAT_SECONDS = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of the deployments (prefect.yaml)
+MIN_CRASH_AFTER = 2 * HEARTBEAT_SECONDS  # a late heartbeat must not crash a live run
+
+
 def crash_detection(within_seconds: float) -> AutomationCore:
     """Mark a flow run Crashed when no heartbeat (nor final state) follows its last
     heartbeat within `within_seconds`: its process, worker or machine died. Runs send
@@ -58,6 +62,11 @@ def crash_detection(within_seconds: float) -> AutomationCore:
         "poller gives their issues back to the queue.",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
+            # only the fleet's own runs (dispatch tags them), not every run on the server
+            match_related={
+                "prefect.resource.role": "tag",
+                "prefect.resource.id": f"prefect.tag.{FLEET_TAG}",
+            },
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
             for_each={"prefect.resource.id"},

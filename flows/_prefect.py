@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import httpx
@@ -324,16 +325,27 @@ def api_configured() -> bool:
 
 
 def check_api_reachable() -> None:
-    """ConfigError when the configured PREFECT_API_URL does not answer its health check."""
-    url = str(PREFECT_API_URL.value()).rstrip("/")
-    try:
-        httpx.get(f"{url}/health", timeout=10).raise_for_status()
-    except httpx.HTTPError as exc:
+    """ConfigError when the configured PREFECT_API_URL does not answer its health check (asked
+    through Prefect's own client, so its TLS and API-key settings apply)."""
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is not None:
         raise ConfigError(
-            "environment", "PREFECT_API_URL", f"no Prefect server answers at {url} "
-            f"({exc.__class__.__name__}): start one with `prefect server start`, or unset "
-            "PREFECT_API_URL to run with a temporary local server",
-        ) from None  # fmt: skip
+            "environment", "PREFECT_API_URL", f"no Prefect server answers at "
+            f"{api_url_for_messages()} ({problem.__class__.__name__}): start one with "
+            "`prefect server start`, or unset PREFECT_API_URL to run with a temporary local "
+            "server",
+        )  # fmt: skip
+
+
+def api_url_for_messages() -> str:
+    """The configured API URL without any user:password part."""
+    url = str(PREFECT_API_URL.value() or "")
+    if not url:
+        return "(not set: Prefect's temporary local server)"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
 
 
 def require_api(purpose: str) -> None:

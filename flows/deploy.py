@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--workers", type=positive_int, default=3,
                       help="the pool's concurrency limit: the fleet size")  # fmt: skip
     init.add_argument("--crash-after", type=positive_int, default=75, metavar="SECONDS",
-                      help="mark a run Crashed after this long without a heartbeat")  # fmt: skip
+                      help="mark a run Crashed after this long without a heartbeat "
+                      "(at least 60: runs beat every 30 s)")  # fmt: skip
     init.set_defaults(handler=run_init_command)
 
     blocks = commands.add_parser("blocks", help="credentials as Prefect blocks")
@@ -100,8 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "ANTHROPIC_API_KEY, ... and the fleet settings")  # fmt: skip
     blocks.add_argument("--config", type=Path, help="YAML file with a `fleet:` section")
     blocks.add_argument("--repo", help="OWNER/NAME for the GitHub block")
-    blocks.add_argument("--github-block", default="fleet-github", help="name of the GitHub block")
-    blocks.add_argument("--agent-block", default="fleet-agent", help="name of the agent block")
+    blocks.add_argument(
+        "--github-block", help="name of the GitHub block (default: the config's, else fleet-github)"
+    )
+    blocks.add_argument(
+        "--agent-block", help="name of the agent block (default: the config's, else fleet-agent)"
+    )
     blocks.add_argument("--overwrite", action="store_true", help="replace existing blocks")
     blocks.set_defaults(handler=run_blocks_command)
     return parser
@@ -177,6 +183,8 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     if settings.mode == "distributed":
         _prefect.require_api("distributed mode")
         check_pool_ready()
+        # the runs work in the deployment's directory, not this one
+        overrides["workspace"] = str(Path(settings.workspace).resolve())
     connect(settings)  # bad tokens, repositories or labels fail here, before any work
     overrides["mock_issues"] = 0  # test mode: the issues were just added
     report_root = (args.report_dir or default_report_dir(settings)).resolve()
@@ -210,11 +218,17 @@ def run_init_command(args: argparse.Namespace) -> int:
     from blocks import register_blocks
     from deployments.server_setup import (
         CRASH_DETECTION,
+        MIN_CRASH_AFTER,
         ensure_crash_detection,
         ensure_priority_queues,
         ensure_work_pool,
     )
 
+    if args.crash_after < MIN_CRASH_AFTER:
+        raise ConfigError("command line", "--crash-after", f"must be at least {MIN_CRASH_AFTER}"
+                          f" seconds (two heartbeats), got {args.crash_after}")  # fmt: skip
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", args.pool):
+        raise ConfigError("command line", "--pool", f"not a valid work pool name: {args.pool!r}")
     _prefect.require_api("init")
     with get_client(sync_client=True) as client:
         pool = ensure_work_pool(client, args.pool, args.pool_type, args.workers)
@@ -240,12 +254,12 @@ def run_blocks_command(args: argparse.Namespace) -> int:
         print("registered block types: " + ", ".join(register_blocks()))
         return EXIT_OK
     settings = load_fleet_config(args.config, {"repo": args.repo})
-    saved = save_blocks_from_env(
-        settings, os.environ, args.github_block, args.agent_block, args.overwrite
-    )
+    github_name = args.github_block or settings.github_block or "fleet-github"
+    agent_name = args.agent_block or settings.agent_block or "fleet-agent"
+    saved = save_blocks_from_env(settings, os.environ, github_name, agent_name, args.overwrite)
     print("saved blocks: " + ", ".join(saved))
-    print(f"use them with `github_block: {args.github_block}` and "
-          f"`agent_block: {args.agent_block}` in the fleet settings")  # fmt: skip
+    print(f"use them with `github_block: {github_name}` and `agent_block: {agent_name}` in "
+          "the fleet settings")  # fmt: skip
     return EXIT_OK
 
 

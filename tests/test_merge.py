@@ -304,3 +304,15 @@ def test_fleet_branches_and_closing_keywords() -> None:
         assert issue_of_branch(branch) is None
     body = "Closes #3, fixes: #4 and Resolved #3.\nSee #5; reclosed #6; closes#7"
     assert closing_references(body) == [3, 4]
+
+
+def test_approvals_of_outsiders_do_not_count(gh: FakeGitHub, tracker: GitHubTracker) -> None:
+    """On a public repository anyone may approve: only owners, members and collaborators."""
+    _, pull = fleet_pull(gh)
+    gh.add_review(pull, "stranger", "APPROVED", association="NONE")
+    gh.add_review(pull, "drive-by", "APPROVED", association="CONTRIBUTOR")
+    (result,) = merge_approved(tracker, enabled=True)
+    assert not result.merged and result.reason.startswith("awaiting approval")
+    gh.add_review(pull, "maintainer", "APPROVED", association="COLLABORATOR")
+    (result,) = merge_approved(tracker, enabled=True)
+    assert result.merged and result.approved_by == ["maintainer"]

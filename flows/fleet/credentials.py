@@ -22,8 +22,8 @@ from blocks.fleet import (
     agent_block_from_env,
     github_block_from_env,
     prefect_api_errors,
-    prefect_api_url,
 )
+from flows._prefect import api_url_for_messages
 from flows.config import ConfigError, format_loc
 from flows.fleet.config import FleetConfig, LabelNames
 
@@ -129,7 +129,7 @@ def _missing(block_type: type[Block], name: str) -> str:
     type_name = block_type.get_block_type_name()
     return (
         f"no {type_name} block named {name!r} (type {block_type.get_block_type_slug()}) on the "
-        f"Prefect server at {prefect_api_url()}; create it in the Prefect UI (Blocks > + > "
+        f"Prefect server at {api_url_for_messages()}; create it in the Prefect UI (Blocks > + > "
         f"{type_name}, after `python -m flows.deploy blocks register`) or from environment "
         "variables with `python -m flows.deploy blocks save`"
     )

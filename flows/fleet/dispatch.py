@@ -4,11 +4,12 @@ The Prefect server is the fleet's coordinator. Dispatch is idempotent: an issue 
 active run is left alone, and a new run gets the deterministic idempotency key
 `issue:<source>#<number>/<earlier runs>`, so two pollers racing for one issue (or a retried
 poller) create one run between them; the database enforces it. The sweep gives the issues of
-crashed or cancelled runs back to the queue, so the next poll starts them again.
+crashed runs back to the queue, so the next poll starts them again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.fleet.models import Issue
-from flows.fleet.tracker import Tracker
+from flows.fleet.tracker import Tracker, TrackerError
+
+log = logging.getLogger(__name__)
 
 RESOLVE_DEPLOYMENT = "resolve-issue/resolve-issue"
 PRIORITY_QUEUES = ("urgent", "normal", "low")  # work queues for priority:1, 2, 3 and after
@@ -39,7 +42,9 @@ ACTIVE_STATES = (
     StateType.PAUSED,
     StateType.CANCELLING,
 )
-LOST_STATES = (StateType.CRASHED, StateType.CANCELLED)
+# A Crashed run died holding its issue (a Cancelled one was stopped on purpose: left alone).
+LOST_STATES = (StateType.CRASHED,)
+SWEEP_WINDOW = 200  # the most recent lost runs looked at per poll
 
 
 @dataclass(frozen=True)
@@ -110,16 +115,20 @@ def dispatch(
 def sweep_lost_runs(
     client: SyncPrefectClient, deployment_id: UUID, source: str, tracker: Tracker
 ) -> list[int]:
-    """Release the issues whose last run crashed or was cancelled while holding them.
+    """Release the issues whose last run crashed while holding them.
 
     A crashed run (its worker was killed, its machine lost) never labels its issue, which
-    would stay in progress forever. Returns the numbers of the released issues."""
+    would stay in progress forever. An issue that cannot be read or released is skipped with
+    a warning (the next poll tries again), never blocking the others. Returns the numbers of
+    the released issues."""
     lost = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
             tags=FlowRunFilterTags(all_=[source_tag(source)]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(LOST_STATES))),
-        )
+        ),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+        limit=SWEEP_WINDOW,
     )
     released: list[int] = []
     for number in sorted({n for run in lost if (n := issue_of(run)) is not None}):
@@ -127,11 +136,15 @@ def sweep_lost_runs(
         last = runs[-1] if runs else None
         if last is None or last.state_type not in LOST_STATES:
             continue  # a later run exists (finished, or still going)
-        issue = tracker.get(number)
-        if tracker.labels.in_progress not in issue.labels:
-            continue  # released already, or finished by hand
-        state = last.state.name if last.state else "lost"
-        tracker.release(issue, f"run {last.name} ended {state}; back in the queue")
+        try:
+            issue = tracker.get(number)
+            if tracker.labels.in_progress not in issue.labels:
+                continue  # released already, or finished by hand
+            state = last.state.name if last.state else "lost"
+            tracker.release(issue, f"run {last.name} ended {state}; back in the queue")
+        except TrackerError as exc:
+            log.warning("could not release issue #%d of lost run %s: %s", number, last.name, exc)
+            continue
         released.append(number)
     return released
 

@@ -224,8 +224,7 @@ def distributed_plan(
         max_parallel=max(1, len(units)),
         report_dir=report_dir,
         describe=_describe,
-        tier_barriers=False,
-        notifications=connection.settings.notifications,
+        tier_barriers=False,  # each resolve-issue run sends its own notification
     )
 
 
@@ -260,7 +259,8 @@ def worker_id() -> str:
     """This process's worker name: $WORKER_ID (set on each `prefect worker start`), or
     host-pid; safe as a folder name."""
     name = os.environ.get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:64]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", name).lstrip("_.-")  # starts with a letter or digit
+    return safe[:64] or "worker"
 
 
 def default_report_dir(settings: FleetConfig) -> Path:
@@ -290,8 +290,12 @@ def fleet(
 
 
 def run_parameters(config_path: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """What a `resolve-issue` run is given: the poller's settings, adding no mock issue."""
-    return {"config_path": config_path, "overrides": {**overrides, "mock_issues": 0}}
+    """What a `resolve-issue` run is given (stored on the server, shown in the UI): the
+    poller's settings, adding no mock issue, and no notification URLs (they may hold tokens:
+    give them in the config file). Relative paths stay relative: runs work in the
+    deployment's working directory."""
+    run_overrides = {key: value for key, value in overrides.items() if key != "notifications"}
+    return {"config_path": config_path, "overrides": {**run_overrides, "mock_issues": 0}}
 
 
 @flow(name="issue-poller", persist_result=False)

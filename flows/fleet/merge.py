@@ -34,12 +34,13 @@ class MergeResult(BaseModel):
 
 def review_decision(pull: ReviewPull) -> tuple[list[str], list[str], list[str]]:
     """(approvers of the head commit, reviewers requesting changes, approvers of an older
-    commit), from each reviewer's latest decisive review."""
+    commit), from each reviewer's latest decisive review. Only the approvals of reviewers
+    who own or may write to the repository count; anyone's request for changes blocks."""
     latest: dict[str, Review] = {}
     for review in pull.reviews:
         if review.state.upper() in _DECISIVE:
             latest[review.reviewer.lower()] = review
-    approvals = [r for r in latest.values() if r.state.upper() == APPROVED]
+    approvals = [r for r in latest.values() if r.state.upper() == APPROVED and r.trusted]
     current = [r for r in approvals if _reviewed_head(r, pull)]
     stale = [r.reviewer for r in approvals if not _reviewed_head(r, pull)]
     blockers = [r.reviewer for r in latest.values() if r.state.upper() == CHANGES_REQUESTED]

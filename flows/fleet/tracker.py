@@ -56,6 +56,9 @@ class Review(BaseModel):
     reviewer: str
     state: str  # APPROVED, CHANGES_REQUESTED, COMMENTED, DISMISSED
     commit: str | None = Field(default=None, description="The head commit it reviewed")
+    trusted: bool = Field(
+        default=True, description="The reviewer owns the repository or may write to it"
+    )
 
 
 class ReviewPull(BaseModel):
@@ -388,6 +391,8 @@ def _review_from_json(data: dict[str, Any]) -> Review:
         reviewer=str(user.get("login") or "ghost"),  # a deleted account is null
         state=str(data.get("state") or ""),
         commit=data.get("commit_id"),
+        # anyone may review a public repository: only these approvals count
+        trusted=data.get("author_association") in ("OWNER", "MEMBER", "COLLABORATOR"),
     )
 
 

@@ -80,6 +80,7 @@ class _Review:
     commit_id: str
     submitted_at: str
     body: str = ""
+    association: str = "MEMBER"  # OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, NONE, ...
 
 
 @dataclass
@@ -201,14 +202,17 @@ class FakeGitHub(LoopbackServer):
         *,
         commit_id: str | None = None,
         body: str = "",
+        association: str = "MEMBER",
     ) -> int:
         """A submitted review of pull request `number` (APPROVED, CHANGES_REQUESTED, COMMENTED,
-        DISMISSED) by `reviewer`, of `commit_id` (default: the current head); returns its id."""
+        DISMISSED) by `reviewer` (their `author_association` with the repository), of
+        `commit_id` (default: the current head); returns its id."""
         with self._lock:
             pull = self._pull_of(number)
             review = _Review(
-                next(self._ids), reviewer, state, commit_id or pull.sha, self._tick(), body
-            )
+                next(self._ids), reviewer, state, commit_id or pull.sha, self._tick(), body,
+                association,
+            )  # fmt: skip
             pull.reviews.append(review)
             return review.id
 
@@ -836,7 +840,7 @@ class FakeGitHub(LoopbackServer):
             "state": review.state,
             "html_url": f"{html}#pullrequestreview-{review.id}",
             "pull_request_url": f"{self._repo_url}/pulls/{issue.number}",
-            "author_association": "MEMBER",
+            "author_association": review.association,
             "submitted_at": review.submitted_at,
             "commit_id": review.commit_id,
         }
