@@ -32,6 +32,7 @@ from flows.fleet.config import FleetConfig, load_fleet_config, uses_testbed
 from flows.fleet.cost import UnknownModelError, price_for
 from flows.fleet.credentials import FleetCredentials, resolve_credentials
 from flows.fleet.dispatch import (
+    PRIORITY_QUEUES,
     RESOLVE_DEPLOYMENT,
     Dispatch,
     dispatch,
@@ -56,7 +57,7 @@ from flows.leader import LeaderPlan, lead, report_state
 from flows.report import Report, SetupSummary
 from flows.scheduler import build_tiers
 
-TIER_NAMES = {1: "urgent", 2: "normal", 3: "low"}
+TIER_NAMES = dict(enumerate(PRIORITY_QUEUES, start=1))  # urgent, normal, low
 
 
 @dataclass(frozen=True)
@@ -199,18 +200,14 @@ def distributed_plan(
     time is the work pool's concurrency limit, across all its workers and machines."""
     with get_client(sync_client=True) as client:
         target = read_deployment(client, deployment)
-        released = sweep_lost_runs(client, target.id, connection.source, connection.tracker)
+        released, units = sweep_then_ready(client, target, connection)
     if released:
         print(f"released issues of lost runs: {', '.join(f'#{n}' for n in released)}")
-    prefix = connection.settings.labels.priority_prefix
-    units = [IssueUnit(i, i.priority(prefix)) for i in connection.tracker.list_ready()]
 
     def run_on_pool(unit: IssueUnit, slot: str) -> IssueResult:
         with get_client(sync_client=True) as client:
-            started = dispatch(
-                client, target.id, connection.source, unit.issue, run_parameters,
-                work_queue=priority_queue(unit.priority) if target.work_pool_name else None,
-            )  # fmt: skip
+            started = dispatch(client, target.id, connection.source, unit.issue,
+                               run_parameters, queue_for(target, unit))  # fmt: skip
             run = wait_for_run(client, started.flow_run_id)
         return issue_result_of(run, unit)
 
@@ -224,8 +221,24 @@ def distributed_plan(
         max_parallel=max(1, len(units)),
         report_dir=report_dir,
         describe=_describe,
-        tier_barriers=False,  # each resolve-issue run sends its own notification
+        tier_barriers=False,
+        # no notifications: each resolve-issue run sends its own
     )
+
+
+def sweep_then_ready(
+    client: SyncPrefectClient, target: DeploymentResponse, connection: Connection
+) -> tuple[list[int], list[IssueUnit]]:
+    """Release the issues of lost runs; then the ready issues as units, urgent first."""
+    released = sweep_lost_runs(client, target.id, connection.source, connection.tracker)
+    prefix = connection.settings.labels.priority_prefix
+    units = [IssueUnit(i, i.priority(prefix)) for i in connection.tracker.list_ready()]
+    return released, sorted(units, key=lambda unit: unit.priority)
+
+
+def queue_for(target: DeploymentResponse, unit: IssueUnit) -> str | None:
+    """The pool's queue for the issue's priority; None for a served deployment (no pool)."""
+    return priority_queue(unit.priority) if target.work_pool_name else None
 
 
 def issue_result_of(run: FlowRun, unit: IssueUnit) -> IssueResult:
@@ -310,17 +323,14 @@ def issue_poller(
     connection = connect(settings)
     merge_approved_pulls(connection)
     parameters = run_parameters(config_path, overrides or {})
-    prefix = connection.settings.labels.priority_prefix
     with get_client(sync_client=True) as client:
         target = read_deployment(client, deployment)
-        released = sweep_lost_runs(client, target.id, connection.source, connection.tracker)
-        ready = sorted(connection.tracker.list_ready(), key=lambda i: i.priority(prefix))
-        dispatched = []
-        for issue in ready:
-            queue = priority_queue(issue.priority(prefix)) if target.work_pool_name else None
-            dispatched.append(
-                dispatch(client, target.id, connection.source, issue, parameters, queue)
-            )
+        released, units = sweep_then_ready(client, target, connection)
+        source = connection.source
+        dispatched = [
+            dispatch(client, target.id, source, unit.issue, parameters, queue_for(target, unit))
+            for unit in units
+        ]
     publish_dispatches(dispatched, released, connection.name)
     return dispatched
 
