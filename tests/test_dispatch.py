@@ -36,9 +36,13 @@ class Client:
 class Tracker:
     labels = Labels()
 
-    def __init__(self, broken: set[int]) -> None:
+    def __init__(self, broken: set[int], claims: dict[int, str]) -> None:
         self.broken = broken
+        self.claims = claims
         self.released: list[int] = []
+
+    def last_claim(self, number: int) -> str | None:
+        return self.claims.get(number)
 
     def get(self, number: int) -> Issue:
         if number in self.broken:
@@ -50,12 +54,16 @@ class Tracker:
 
 
 def test_releases_issues_whose_last_run_crashed_and_skips_the_unreadable() -> None:
+    crashed = {n: run(n, Crashed()) for n in (1, 2, 3, 5, 6)}
     client = Client([
-        run(1, Crashed()),                     # unreadable issue: skipped, not fatal
-        run(2, Crashed()),                     # released
-        run(3, Crashed()), run(3, Completed()),  # a later run finished it: left alone
-        run(4, Cancelled()),                   # cancelled on purpose: left alone
+        *crashed.values(),
+        run(3, Completed()),  # a later run finished issue 3: left alone
+        run(4, Cancelled()),  # cancelled on purpose: left alone
     ])  # fmt: skip
-    tracker = Tracker(broken={1})
+    claims = {n: f"host:7 flow-run {crashed[n].id}/worker-1" for n in (1, 2, 3)} | {
+        5: "other-host:9 flow-run 00000000-0000-0000-0000-000000000000/worker-2"
+    }
+    tracker = Tracker(broken={1}, claims=claims)  # 1: unreadable, skipped, not fatal
     released = sweep_lost_runs(client, uuid4(), "acme/widgets", tracker)  # type: ignore[arg-type]
-    assert released == [2] and tracker.released == [2]
+    # 2: its crashed run's claim; 5: claimed by someone else since; 6: no claim comment at all
+    assert released == [2, 6] and tracker.released == [2, 6]

@@ -168,6 +168,16 @@ def test_release_makes_the_issue_ready_again(gh: FakeGitHub, connect: Connect) -
     assert tracker.claim(issue, "w2") is True
 
 
+def test_last_claim_names_the_latest_claimant(gh: FakeGitHub, connect: Connect) -> None:
+    issue = ready_issue(gh)
+    tracker = connect()
+    assert tracker.last_claim(issue.number) is None
+    assert tracker.claim(issue, "host:1 flow-run aaa/worker-1")
+    tracker.release(issue, "its run crashed")
+    assert tracker.claim(tracker.get(issue.number), "host:2 flow-run bbb/worker-2")
+    assert tracker.last_claim(issue.number) == "host:2 flow-run bbb/worker-2"
+
+
 def test_finish_ok_and_failed(gh: FakeGitHub, connect: Connect) -> None:
     good, bad = ready_issue(gh, "good"), ready_issue(gh, "bad")
     tracker = connect()

@@ -118,7 +118,8 @@ def sweep_lost_runs(
     """Release the issues whose last run crashed while holding them.
 
     A crashed run (its worker was killed, its machine lost) never labels its issue, which
-    would stay in progress forever. An issue that cannot be read or released is skipped with
+    would stay in progress forever. Only a claim the crashed run made is given back (runs
+    name their flow run in the claim). An issue that cannot be read or released is skipped with
     a warning (the next poll tries again), never blocking the others. Returns the numbers of
     the released issues."""
     lost = client.read_flow_runs(
@@ -140,6 +141,9 @@ def sweep_lost_runs(
             issue = tracker.get(number)
             if tracker.labels.in_progress not in issue.labels:
                 continue  # released already, or finished by hand
+            holder = tracker.last_claim(number)
+            if holder is not None and str(last.id) not in holder:
+                continue  # claimed by someone else since (another fleet, a person)
             state = last.state.name if last.state else "lost"
             tracker.release(issue, f"run {last.name} ended {state}; back in the queue")
         except TrackerError as exc:

@@ -24,6 +24,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
+from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 
 from flows.config import ConfigError
@@ -146,7 +147,7 @@ def fleet_context(connection: Connection, report_dir: Path) -> FleetContext:
         default_branch=connection.default_branch,
         model_for=connection.model_for,
         system_prompt=load_system_prompt(),
-        claimant=f"{socket.gethostname()}:{os.getpid()}",
+        claimant=claimant(),
         report_dir=report_dir,
     )
 
@@ -266,6 +267,13 @@ def read_deployment(client: SyncPrefectClient, name: str) -> DeploymentResponse:
             "Prefect server", "deployment", f"{name!r} not found: deploy it first "
             "(`prefect --no-prompt deploy --all`, or `python -m deployments.serve`)",
         ) from None  # fmt: skip
+
+
+def claimant() -> str:
+    """Who claims: host:pid, and the flow run, so that a sweep can tell whose claim it is."""
+    run = FlowRunContext.get()
+    flow_run = f" flow-run {run.flow_run.id}" if run and run.flow_run else ""
+    return f"{socket.gethostname()}:{os.getpid()}{flow_run}"
 
 
 def worker_id() -> str:

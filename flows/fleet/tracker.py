@@ -44,6 +44,9 @@ from flows.fleet.models import (
 _API_ERRORS = (GithubException, requests.RequestException)
 
 
+CLAIM_PREFIX = "Claimed by "
+
+
 class TrackerError(Exception):
     """A tracker operation failed; the message names the operation and the issue."""
 
@@ -121,6 +124,10 @@ class Tracker(Protocol):
 
     def release(self, issue: Issue, reason: str) -> None:
         """Give a claimed issue back: in-progress removed, ready label again, comment why."""
+        ...
+
+    def last_claim(self, number: int) -> str | None:
+        """Who claimed the issue last (the text after "Claimed by"), None if nobody did."""
         ...
 
     def comment(self, issue: Issue, body: str) -> None: ...
@@ -216,7 +223,7 @@ class GitHubTracker:
                 return False
             try:
                 handle.add_to_labels(self._labels.in_progress)
-                handle.create_comment(f"Claimed by {claimant}")
+                handle.create_comment(f"{CLAIM_PREFIX}{claimant}")
             except _API_ERRORS:
                 self._undo_claim(handle)
                 raise
@@ -228,6 +235,12 @@ class GitHubTracker:
             self._remove_label(handle, self._labels.in_progress)
             handle.create_comment(f"Released: {reason}")
             handle.add_to_labels(self._labels.ready)  # last: from here anyone may claim it
+
+    def last_claim(self, number: int) -> str | None:
+        issue = Issue(number=number, title="")
+        with _api_errors(f"read the comments of {self._ref(issue)}"):
+            bodies = [c._rawData.get("body") or "" for c in self._handle(issue).get_comments()]
+        return _last_claim(bodies)
 
     def comment(self, issue: Issue, body: str) -> None:
         with _api_errors(f"comment on {self._ref(issue)}"):
@@ -373,6 +386,11 @@ def _github_message(exc: GithubException) -> str:
         if isinstance(error, dict) and error.get("message"):
             parts.append(str(error["message"]))
     return f"{exc.status} " + ": ".join(part for part in parts if part)
+
+
+def _last_claim(comments: Iterable[str]) -> str | None:
+    claims = [body.removeprefix(CLAIM_PREFIX) for body in comments if body.startswith(CLAIM_PREFIX)]
+    return claims[-1] if claims else None
 
 
 def _issue_from_json(data: dict[str, Any]) -> Issue:
@@ -528,7 +546,7 @@ class LocalTracker:
                 return False
             _drop(record.labels, ready)
             _add(record.labels, self._labels.in_progress)
-            record.comments.append(f"Claimed by {claimant}")
+            record.comments.append(f"{CLAIM_PREFIX}{claimant}")
             return True
 
         try:
@@ -547,6 +565,9 @@ class LocalTracker:
             return True
 
         self._change(issue.number, back)
+
+    def last_claim(self, number: int) -> str | None:
+        return _last_claim(self._read_issue(number).comments)
 
     def comment(self, issue: Issue, body: str) -> None:
         def post(record: _LocalIssue) -> bool:
