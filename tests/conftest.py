@@ -15,14 +15,27 @@ import pytest
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows._prefect import local_server
+from flows.fleet.tracker import Labels
+from tests.fakes.github_api import FakeGitHub
 
 REPO = Path(__file__).resolve().parent.parent
+GITHUB_TOKEN = "ghp-sekrit-0123456789abcdef"
+LABELS = Labels()
 
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loopback stand-ins must never be reached through a proxy from the environment."""
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def gh() -> Iterator[FakeGitHub]:
+    """A loopback GitHub serving acme/widgets, which has the fleet's labels."""
+    with FakeGitHub(token=GITHUB_TOKEN, owner="acme", repo="widgets") as fake:
+        for name in LABELS.names():
+            fake.add_label(name)
+        yield fake
 
 
 @pytest.fixture(scope="session")

@@ -14,26 +14,17 @@ from flows.fleet.merge import MergeResult, merge_approved
 from flows.fleet.models import Issue, branch_name
 from flows.fleet.tracker import (
     GitHubTracker,
-    Labels,
     LocalTracker,
     Tracker,
     TrackerError,
     closing_references,
     issue_of_branch,
 )
+from tests.conftest import GITHUB_TOKEN as TOKEN
+from tests.conftest import LABELS
 from tests.fakes.github_api import FakeGitHub
 
-TOKEN = "ghp-sekrit-0123456789abcdef"
-LABELS = Labels()
 PULLS = "/repos/acme/widgets/pulls"
-
-
-@pytest.fixture
-def gh() -> Iterator[FakeGitHub]:
-    with FakeGitHub(token=TOKEN, owner="acme", repo="widgets") as fake:
-        for name in LABELS.names():
-            fake.add_label(name)
-        yield fake
 
 
 @pytest.fixture

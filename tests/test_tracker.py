@@ -19,27 +19,18 @@ from github import Auth, Github
 from flows.fleet.models import Issue
 from flows.fleet.tracker import (
     GitHubTracker,
-    Labels,
     LocalTracker,
     Tracker,
     TrackerError,
     generate_mock_issues,
 )
+from tests.conftest import GITHUB_TOKEN as TOKEN
+from tests.conftest import LABELS
 from tests.fakes import Request, Response
 from tests.fakes.github_api import FakeGitHub
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "ghp-sekrit-0123456789abcdef"
-LABELS = Labels()
 Connect = Callable[..., GitHubTracker]
-
-
-@pytest.fixture
-def gh() -> Iterator[FakeGitHub]:
-    with FakeGitHub(token=TOKEN, owner="acme", repo="widgets") as fake:
-        for name in LABELS.names():
-            fake.add_label(name)
-        yield fake
 
 
 @pytest.fixture
