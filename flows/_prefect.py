@@ -133,9 +133,13 @@ class _DropRunLogs(logging.Filter):
         return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
-def task_runner(max_workers: int) -> ThreadPoolTaskRunner[Any]:
-    """A bounded thread pool (Prefect's default one is unbounded)."""
-    return ThreadPoolTaskRunner(max_workers=max_workers)
+def task_runner(max_parallel: int) -> ThreadPoolTaskRunner[Any]:
+    """A bounded thread pool for `max_parallel` units (Prefect's default is unbounded).
+
+    Twice the slots: a unit's slot passes to the next one as soon as its work is done,
+    while its own thread still records the end of its task run.
+    """
+    return ThreadPoolTaskRunner(max_workers=2 * max_parallel)
 
 
 # --- work units as task runs ------------------------------------------------------------
@@ -150,55 +154,92 @@ def _unit_state(result: UnitResult) -> State[Any]:
     return Completed(message=message, data=result)
 
 
-def unit_task(work: Callable[[Any, str], R], units: Sequence[Any], name: str) -> Task[..., Any]:
-    """Wrap a plain `work(unit, worker) -> UnitResult` as a task named after its unit.
+@dataclass
+class UnitTask:
+    """A plain `work(unit, worker) -> UnitResult` as a Prefect task named after its unit.
 
     The task run ends Failed when the unit failed (so the UI shows it red) but still
     carries the result; retries and timeouts are the work function's own business, so
     attempts are counted exactly and Prefect never retries on top. The task takes the
     unit's label and index rather than the unit itself: Prefect walks every parameter
     of every task run, which costs measurable CPU at a thousand units.
+
+    The critical path goes first: a unit reports its result (freeing its slot for the
+    next unit) before Prefect records the end of its task run, and that recording waits
+    until the units just submitted have begun their work (at most `settle_s`), so the
+    bookkeeping of finished units does not compete with the start of the next ones.
     """
 
-    def run_unit(label: str, index: int, worker: str) -> State[Any]:
-        return _unit_state(work(units[index], worker))
+    work: Callable[[Any, str], UnitResult]
+    units: Sequence[Any]
+    name: str
+    settle_s: float = 0.05
+    _reporters: dict[int, Callable[[Any], None]] = field(default_factory=dict)
+    _launching: int = 0  # submitted units whose work has not begun yet
+    _changed: threading.Condition = field(default_factory=threading.Condition)
 
-    run_unit.__name__ = run_unit.__qualname__ = name
-    return task(
-        name=name,
-        task_run_name="{label}",
-        cache_policy=NO_CACHE,
-        persist_result=False,
-        retries=0,
-    )(run_unit)
+    def __post_init__(self) -> None:
+        def run_unit(label: str, index: int, worker: str) -> State[Any]:
+            with self._changed:
+                self._launching -= 1
+                reporter = self._reporters.pop(index)
+                self._changed.notify_all()
+            result = self.work(self.units[index], worker)
+            reporter(result)
+            with self._changed:
+                self._changed.wait_for(lambda: self._launching == 0, timeout=self.settle_s)
+            return _unit_state(result)
+
+        run_unit.__name__ = run_unit.__qualname__ = self.name
+        self.task: Task[..., Any] = task(
+            name=self.name,
+            task_run_name="{label}",
+            cache_policy=NO_CACHE,
+            persist_result=False,
+            retries=0,
+        )(run_unit)
+
+    def submit(
+        self,
+        runner: ThreadPoolTaskRunner[Any],
+        index: int,
+        worker: str,
+        reporter: Callable[[Any], None],
+    ) -> Future[Any]:
+        """Start unit `index` on `worker`. `reporter` gets its result as soon as the work
+        function returns; the future resolves once the task run has ended too."""
+        unit = self.units[index]
+        with self._changed:
+            self._reporters[index] = reporter
+            self._launching += 1
+        parameters = {"label": unit_label(unit), "index": index, "worker": worker}
+        try:
+            prefect_future = runner.submit(self.task, parameters)
+        except BaseException:
+            with self._changed:
+                self._reporters.pop(index, None)
+                self._launching -= 1
+            raise
+        assert isinstance(prefect_future, PrefectConcurrentFuture)
+        result: Future[Any] = Future()
+
+        def resolve(done: Future[Any]) -> None:
+            with self._changed:  # a run that ended without running the unit: not launching
+                if self._reporters.pop(index, None) is not None:
+                    self._launching -= 1
+                    self._changed.notify_all()
+            try:
+                state: State[Any] = done.result()
+                result.set_result(state_result(state))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        prefect_future.wrapped_future.add_done_callback(resolve)
+        return result
 
 
 def unit_label(unit: Any) -> str:
     return f"p{unit.priority} {unit.name}"
-
-
-def submit_unit(
-    runner: ThreadPoolTaskRunner[Any],
-    unit_task: Task[..., Any],
-    unit: Any,
-    index: int,
-    worker: str,
-) -> Future[Any]:
-    """Submit one unit; the returned future resolves to its UnitResult."""
-    parameters = {"label": unit_label(unit), "index": index, "worker": worker}
-    prefect_future = runner.submit(unit_task, parameters)
-    assert isinstance(prefect_future, PrefectConcurrentFuture)
-    result: Future[Any] = Future()
-
-    def resolve(done: Future[Any]) -> None:
-        try:
-            state: State[Any] = done.result()
-            result.set_result(state_result(state))
-        except BaseException as exc:
-            result.set_exception(exc)
-
-    prefect_future.wrapped_future.add_done_callback(resolve)
-    return result
 
 
 def state_result(state: State[Any]) -> Any:
@@ -211,6 +252,9 @@ def state_result(state: State[Any]) -> Any:
 # --- artifacts --------------------------------------------------------------------------
 
 
+PROGRESS_SETTLE_S = 0.03
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys: lowercase letters, digits and dashes only."""
     key = "-".join(parts).lower()
@@ -221,7 +265,9 @@ class ArtifactPublisher:
     """Creates and updates artifacts of one flow run from a background thread.
 
     API calls never sit on a worker's critical path: callers enqueue and return at once.
-    Progress updates are coalesced (only the newest value is sent). A failed call is
+    Progress updates are coalesced (only the newest value is sent) and wait a moment
+    before they go, so that units finishing together share one request, sent after the
+    next units have started. A failed call is
     logged and dropped; artifacts must never fail the run.
     """
 
@@ -276,6 +322,7 @@ class ArtifactPublisher:
         self._thread.join(timeout)
 
     def _send_progress(self, client: SyncPrefectClient) -> None:
+        time.sleep(PROGRESS_SETTLE_S)
         with self._progress_lock:
             latest, self._progress = self._progress, None
         if latest is None or self._progress_id is None:

@@ -173,11 +173,11 @@ def _run_tiers(
 ) -> tuple[list[R], list[TierTiming]]:
     units = plan.units
     index = {id(unit): position for position, unit in enumerate(units)}
-    worker_task = _prefect.unit_task(plan.work, units, f"{plan.kind}-worker")
+    worker_task = _prefect.UnitTask(plan.work, units, f"{plan.kind}-worker")
     with _prefect.task_runner(plan.max_parallel) as runner:
         scheduler: Scheduler[U, R] = Scheduler(
-            submit=lambda unit, worker: _prefect.submit_unit(
-                runner, worker_task, unit, index[id(unit)], worker
+            submit=lambda unit, worker, report: worker_task.submit(
+                runner, index[id(unit)], worker, report
             ),
             skipped=plan.skipped,
             crashed=plan.crashed,

@@ -1,17 +1,22 @@
 """The one scheduler both jobs share: run work units tier by tier, in parallel inside a
 tier, never more than `max_parallel` at once, with continue-on-error and fail-fast.
 
-It knows nothing of Prefect: `submit(unit, worker)` starts a unit and returns a
+It knows nothing of Prefect: `submit(unit, worker, report)` starts a unit and returns a
 `concurrent.futures.Future`; the leader passes one that runs a Prefect task, tests pass
 a plain thread pool. Each running unit holds a named worker slot ("worker-01"...), which
 is both the concurrency limit and the identity the reports and workspaces use.
+
+A unit's slot is free the moment its work is done: `report(result)`, called by the
+worker as soon as it has its result, starts the next unit on that slot while the
+bookkeeping of the finished one (its task run's final state) goes on beside it. Units
+whose worker never reports are finished by their future.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -85,11 +90,14 @@ class _Halt:
         return self.now or self.after_tier
 
 
+Reporter = Callable[[R], None]  # a worker hands its result to the scheduler
+
+
 @dataclass
 class Scheduler(Generic[U, R]):
     """Runs tiers of units through `submit`; results come back in matrix order."""
 
-    submit: Callable[[U, str], Future[R]]
+    submit: Callable[[U, str, Reporter[R]], Future[R]]
     skipped: Callable[[U, str], R]
     crashed: Callable[[U, str, BaseException], R]
     max_parallel: int
@@ -127,37 +135,9 @@ class Scheduler(Generic[U, R]):
         return results, timings
 
     def _run_tier(self, tier: Tier[U], slots: int, halt: _Halt) -> list[R]:
-        free: queue.SimpleQueue[str] = queue.SimpleQueue()
-        for name in worker_names(slots):
-            free.put(name)
-        done: dict[str, R] = {}
-        finished = threading.Semaphore(0)  # released by each done callback
-        submitted = 0
-        for unit in tier.units:
-            worker = free.get()  # blocks until a slot is free: the max_parallel limit
-            if halt.now:
-                free.put(worker)
-                done[unit.name] = self._skip(unit, halt.now)
-                continue
-            for observer in self.observers:
-                observer.unit_started(unit, worker)
-            try:
-                future = self.submit(unit, worker)
-            except Exception as exc:
-                self._finish(self.crashed(unit, worker, exc), unit, worker, free, halt, done)
-                continue
-
-            def on_done(f: Future[R], u: U = unit, w: str = worker) -> None:
-                try:
-                    self._finish(self._outcome(f, u, w), u, w, free, halt, done)
-                finally:
-                    finished.release()
-
-            future.add_done_callback(on_done)
-            submitted += 1
-        for _ in range(submitted):
-            finished.acquire()
-        return [done[unit.name] for unit in tier.units]
+        run = _TierRun(self, tier, halt)
+        run.release(*worker_names(slots))
+        return run.wait()
 
     def _outcome(self, future: Future[R], unit: U, worker: str) -> R:
         try:
@@ -165,28 +145,122 @@ class Scheduler(Generic[U, R]):
         except BaseException as exc:
             return self.crashed(unit, worker, exc)
 
-    def _finish(
-        self,
-        result: R,
-        unit: U,
-        worker: str,
-        free: queue.SimpleQueue[str],
-        halt: _Halt,
-        done: dict[str, R],
-    ) -> None:
-        done[unit.name] = result
+    def _judge(self, result: R, unit: U, halt: _Halt) -> None:
+        """Stop scheduling after a failure when the config says so."""
         if result.failed:
             reason = f"{unit.name} {result.status.replace('_', ' ')}"
             if self.fail_fast:
                 halt.stop_now(f"fail_fast: {reason}")
             elif not unit.continue_on_error:
                 halt.stop_after_tier(f"{reason} (continue_on_error is false)")
-        free.put(worker)  # after the halt decision, so the next unit sees it
-        for observer in self.observers:
-            observer.unit_finished(result)
 
     def _skip(self, unit: U, reason: str) -> R:
         result = self.skipped(unit, reason)
         for observer in self.observers:
             observer.unit_finished(result)
         return result
+
+
+class _TierRun(Generic[U, R]):
+    """One tier in flight. A released slot goes to the next waiting unit at once, on the
+    thread that released it (a worker reporting its result): no hop through a dispatcher
+    thread on the way from one unit's end to the next one's start.
+    """
+
+    def __init__(self, scheduler: Scheduler[U, R], tier: Tier[U], halt: _Halt) -> None:
+        self._scheduler = scheduler
+        self._tier = tier
+        self._halt = halt
+        self._waiting = deque(tier.units)
+        self._free: deque[str] = deque()
+        self._draining = False  # some thread is handing free slots to waiting units
+        self._pending_futures = 0
+        self._results: dict[str, R] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+
+    def release(self, *workers: str) -> None:
+        """Give slots back; start waiting units on every free slot."""
+        with self._lock:
+            self._free.extend(workers)
+            if self._draining:
+                return  # the draining thread picks these up before it stops
+            self._draining = True
+        while True:
+            with self._lock:
+                if not (self._free and self._waiting):
+                    self._draining = False
+                    return
+                worker, unit = self._free.popleft(), self._waiting.popleft()
+            self._start(unit, worker)
+
+    def wait(self) -> list[R]:
+        """Every unit's result, in matrix order, once every task run has ended too."""
+        units = self._tier.units
+        with self._changed:
+            self._changed.wait_for(
+                lambda: len(self._results) == len(units) and not self._pending_futures
+            )
+        return [self._results[unit.name] for unit in units]
+
+    def _start(self, unit: U, worker: str) -> None:
+        scheduler = self._scheduler
+        if self._halt.now:
+            self._record(unit, scheduler._skip(unit, self._halt.now))
+            self.release(worker)
+            return
+        for observer in scheduler.observers:
+            observer.unit_started(unit, worker)
+        report: _Once[R] = _Once(lambda result: self._finish(unit, worker, result))
+        with self._lock:
+            self._pending_futures += 1
+        try:
+            future = scheduler.submit(unit, worker, report)
+        except Exception as exc:
+            self._future_resolved()
+            report(scheduler.crashed(unit, worker, exc))
+            return
+
+        def resolved(f: Future[R]) -> None:
+            try:
+                if not report.called:  # the worker died before it could report
+                    report(scheduler._outcome(f, unit, worker))
+            finally:
+                self._future_resolved()
+
+        future.add_done_callback(resolved)
+
+    def _finish(self, unit: U, worker: str, result: R) -> None:
+        try:
+            self._scheduler._judge(result, unit, self._halt)
+            for observer in self._scheduler.observers:
+                observer.unit_finished(result)
+        finally:  # the slot and the result are never lost, even to a broken observer
+            self._record(unit, result)
+            self.release(worker)  # after the halt decision, so the next unit sees it
+
+    def _record(self, unit: U, result: R) -> None:
+        with self._changed:
+            self._results[unit.name] = result
+            self._changed.notify_all()
+
+    def _future_resolved(self) -> None:
+        with self._changed:
+            self._pending_futures -= 1
+            self._changed.notify_all()
+
+
+class _Once(Generic[R]):
+    """Passes on only the first result reported for a unit (its worker's, or its future's)."""
+
+    def __init__(self, target: Callable[[R], None]) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+        self.called = False
+
+    def __call__(self, result: R) -> None:
+        with self._lock:
+            if self.called:
+                return
+            self.called = True
+        self._target(result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +38,7 @@ def work(unit: Unit, worker: str) -> UnitResult:
 def run(units: list[Unit], max_parallel: int, fail_fast: bool = False) -> list[UnitResult]:
     with ThreadPoolExecutor(max_workers=max_parallel) as pool:
         scheduler: Scheduler[Unit, UnitResult] = Scheduler(
-            submit=lambda unit, worker: pool.submit(work, unit, worker),
+            submit=lambda unit, worker, report: pool.submit(work, unit, worker),
             skipped=lambda u, reason: UnitResult(name=u.name, priority=u.priority,
                                                  status="skipped", log_tail=reason),
             crashed=lambda u, w, exc: UnitResult(name=u.name, priority=u.priority,
@@ -83,7 +84,7 @@ def test_never_more_than_max_parallel_and_slots_unique() -> None:
     units = [Unit(f"u{i}", 1, 0.02) for i in range(40)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         scheduler: Scheduler[Unit, UnitResult] = Scheduler(
-            submit=lambda unit, worker: pool.submit(work, unit, worker),
+            submit=lambda unit, worker, report: pool.submit(work, unit, worker),
             skipped=lambda u, r: UnitResult(name=u.name, priority=1, status="skipped"),
             crashed=lambda u, w, e: UnitResult(name=u.name, priority=1, status="failed"),
             max_parallel=3,
@@ -124,7 +125,7 @@ def test_continue_on_error_false_skips_later_tiers_only() -> None:
 
 
 def test_submit_errors_fail_only_their_unit() -> None:
-    def submit(unit: Unit, worker: str) -> Future[UnitResult]:
+    def submit(unit: Unit, worker: str, report: object) -> Future[UnitResult]:
         if unit.name == "unlucky":
             raise ConnectionError("API down")
         future: Future[UnitResult] = Future()
@@ -147,7 +148,7 @@ def test_without_barriers_priority_orders_but_nobody_waits() -> None:
     units = [Unit("slow-urgent", 1, 0.6), Unit("quick-urgent", 1, 0.05), Unit("normal", 2, 0.05)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         scheduler: Scheduler[Unit, UnitResult] = Scheduler(
-            submit=lambda unit, worker: pool.submit(work, unit, worker),
+            submit=lambda unit, worker, report: pool.submit(work, unit, worker),
             skipped=lambda u, r: UnitResult(name=u.name, priority=u.priority, status="skipped"),
             crashed=lambda u, w, e: UnitResult(name=u.name, priority=u.priority, status="failed"),
             max_parallel=2,
@@ -160,3 +161,48 @@ def test_without_barriers_priority_orders_but_nobody_waits() -> None:
     assert slow_end and normal_start and normal_start < slow_end  # did not wait for tier 1
     assert by_name["quick-urgent"].started_at <= normal_start  # but urgent went first
     assert len(timings) == 1 and timings[0].tasks == 3
+
+
+def test_a_reported_result_frees_the_slot_before_the_bookkeeping_ends() -> None:
+    """The next unit starts as soon as a worker reports, not when its future resolves."""
+    bookkeeping = threading.Event()
+    starts: dict[str, float] = {}
+    reported: dict[str, float] = {}
+
+    def submit(unit: Unit, worker: str, report: Callable[[UnitResult], None]) -> Future[UnitResult]:
+        future: Future[UnitResult] = Future()
+
+        def run() -> None:
+            starts[unit.name] = time.perf_counter()
+            result = work(unit, worker)
+            reported[unit.name] = time.perf_counter()
+            report(result)
+            if unit.name == "first":
+                bookkeeping.wait(5)  # the first unit's task run takes long to end
+            future.set_result(result)
+
+        threading.Thread(target=run).start()
+        return future
+
+    scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+        submit=submit,
+        skipped=lambda u, r: UnitResult(name=u.name, priority=1, status="skipped"),
+        crashed=lambda u, w, e: UnitResult(name=u.name, priority=1, status="failed"),
+        max_parallel=1,
+    )
+    outcome: list[list[UnitResult]] = []
+    runner = threading.Thread(
+        target=lambda: outcome.append(
+            scheduler.run(build_tiers([Unit("first", 1), Unit("second", 1)]))[0]
+        )
+    )
+    runner.start()
+    deadline = time.perf_counter() + 5
+    while "second" not in reported and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert starts["second"] >= reported["first"]  # one slot: strictly one after the other
+    assert runner.is_alive()  # the tier still waits for the first task run to end
+    bookkeeping.set()
+    runner.join(5)
+    assert [r.status for r in outcome[0]] == ["succeeded", "succeeded"]
+    assert [r.worker for r in outcome[0]] == ["worker-01", "worker-01"]
