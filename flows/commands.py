@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -45,9 +47,36 @@ class CommandOutcome:
         return self.exit_code == 0 and not self.timed_out
 
 
-def to_argv(command: str | Sequence[str]) -> list[str]:
-    """A string runs through /bin/sh -c (as in CI configs); a list runs as-is."""
-    return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+# A word the shell passes on unchanged: no quotes, expansions, globs, redirections or
+# separators. A command made only of such words means the same without a shell.
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+# Words that mean something else to the shell than the program of that name, if any.
+_SHELL_WORDS = frozenset(
+    "! . : [[ alias bg break case cd command continue do done elif else esac eval exec "
+    "exit export fc fg fi for getopts hash if jobs local pwd read readonly return set "
+    "shift source then times trap type ulimit umask unalias unset until wait while { }".split()
+)
+
+
+def to_argv(command: str | Sequence[str], path: str | None = None) -> list[str]:
+    """A string runs through /bin/sh -c (as in CI configs); a list runs as-is.
+
+    A string of plain words whose first word is a program on `path` is executed
+    directly, as make does: the same meaning, one process and a few milliseconds less.
+    """
+    if not isinstance(command, str):
+        return list(command)
+    words = command.split()
+    if (
+        words
+        and all(_PLAIN_WORD.fullmatch(word) for word in words)
+        and words[0] not in _SHELL_WORDS
+        and "=" not in words[0]  # an assignment
+        and "/" not in words[0]  # a path: relative to the command's cwd, not ours
+        and (program := shutil.which(words[0], path=path))
+    ):
+        return [program, *words[1:]]
+    return ["/bin/sh", "-c", command]
 
 
 def run_command(
@@ -69,7 +98,7 @@ def run_command(
         started_at = _now()
         try:
             process = subprocess.Popen(
-                to_argv(command),
+                to_argv(command, env.get("PATH", os.defpath)),
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,

@@ -7,7 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from flows.commands import read_tail, run_command
+import shutil
+
+import pytest
+
+from flows.commands import read_tail, run_command, to_argv
 from flows.rss import RssSampler
 from tests.conftest import wait_until_gone
 
@@ -20,6 +24,35 @@ def test_shell_string_and_argv(tmp_path: Path) -> None:
     assert shell.exit_code == 4 and not shell.ok
     assert argv.ok
     assert read_tail(log).splitlines() == ["5", "$HOME"]
+
+
+def test_plain_commands_skip_the_shell_and_mean_the_same() -> None:
+    path = os.environ["PATH"]
+    assert to_argv("sleep 1", path) == [shutil.which("sleep"), "1"]
+    assert to_argv("ruff check --select=E,F backend/app.py", "/nonexistent") == [
+        "/bin/sh", "-c", "ruff check --select=E,F backend/app.py"  # not on that path
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["echo $HOME", "echo 'a  b'", "ls *.py", "true && false", "cd sub", "pwd",
+     "FOO=1 env", "./run.sh", "echo ~", "sleep 1 # why", "exit 3", "echo a\\ b"],
+)  # fmt: skip
+def test_anything_the_shell_would_interpret_runs_through_it(command: str) -> None:
+    assert to_argv(command, os.environ["PATH"]) == ["/bin/sh", "-c", command]
+
+
+def test_direct_and_shell_runs_give_the_same_output(tmp_path: Path) -> None:
+    outputs = []
+    for number, command in enumerate(("printf %s-%s a b", "printf '%s-%s' a b")):
+        log = tmp_path / f"{number}.log"
+        assert run_command(command, cwd=tmp_path, env=os.environ, timeout=10, log_path=log).ok
+        outputs.append(log.read_text())
+    assert outputs == ["a-b", "a-b"]
+    missing = run_command("missing-tool x", cwd=tmp_path, env=os.environ, timeout=10,
+                          log_path=tmp_path / "missing.log")  # fmt: skip
+    assert missing.exit_code == 127  # the shell's "not found", as before
 
 
 def test_runs_in_cwd_with_env(tmp_path: Path) -> None:
