@@ -177,6 +177,9 @@ class UnitTask:
     _reporters: dict[int, Callable[[Any], None]] = field(default_factory=dict)
     _launching: int = 0  # submitted units whose work has not begun yet
     _changed: threading.Condition = field(default_factory=threading.Condition)
+    # Units are submitted from the threads of units that just finished; they must be
+    # submitted in the leader's context, or Prefect would make each the child of the last.
+    _leader_context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
     def __post_init__(self) -> None:
         def run_unit(label: str, index: int, worker: str) -> State[Any]:
@@ -214,7 +217,7 @@ class UnitTask:
             self._launching += 1
         parameters = {"label": unit_label(unit), "index": index, "worker": worker}
         try:
-            prefect_future = runner.submit(self.task, parameters)
+            prefect_future = self._leader_context.copy().run(runner.submit, self.task, parameters)
         except BaseException:
             with self._changed:
                 self._reporters.pop(index, None)

@@ -51,11 +51,13 @@ class CommandOutcome:
 # separators. A command made only of such words means the same without a shell.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 # Words that mean something else to the shell than the program of that name, if any.
-_SHELL_WORDS = frozenset(
-    "! . : [[ alias bg break case cd command continue do done elif else esac eval exec "
-    "exit export fc fg fi for getopts hash if jobs local pwd read readonly return set "
-    "shift source then times trap type ulimit umask unalias unset until wait while { }".split()
-)
+_SHELL_WORDS = frozenset({
+    "!", ".", ":", "[[", "alias", "bg", "break", "case", "cd", "command", "continue", "do",
+    "done", "elif", "else", "esac", "eval", "exec", "exit", "export", "fc", "fg", "fi", "for",
+    "getopts", "hash", "if", "jobs", "local", "pwd", "read", "readonly", "return", "set",
+    "shift", "source", "then", "times", "trap", "type", "ulimit", "umask", "unalias", "unset",
+    "until", "wait", "while", "{", "}",
+})  # fmt: skip
 
 
 def to_argv(command: str | Sequence[str], path: str | None = None) -> list[str]:

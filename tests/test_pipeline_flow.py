@@ -235,6 +235,36 @@ def test_report_files_artifacts_and_task_run_names(tmp_path: Path) -> None:
     assert "# Pipeline report: reported" in str(artifacts["pipeline-reported-report"].data)
 
 
+def test_units_sharing_a_slot_are_siblings_in_the_flow_run(tmp_path: Path) -> None:
+    """Each unit is submitted by the thread of the one that freed its slot, yet every
+    task run is a direct child of the flow run, not of the unit before it."""
+    config = write_config(
+        tmp_path,
+        """
+        name: one-slot
+        scaling: {max_parallel: 1}
+        tasks:
+          - {name: first, priority: 1, run: "true"}
+          - {name: second, priority: 1, run: "true"}
+          - {name: third, priority: 1, run: "true"}
+        """,
+    )
+    report = run_pipeline(config, tmp_path)
+    assert [t.worker for t in report.tasks] == ["worker-01"] * 3
+    with get_client(sync_client=True) as client:
+        flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[report.flow_run_id]))
+        deadline = time.monotonic() + 60  # task runs arrive asynchronously
+        while time.monotonic() < deadline:
+            task_runs = client.read_task_runs(flow_run_filter=flow_runs)
+            if len(task_runs) == 3 and all(t.state and t.state.is_final() for t in task_runs):
+                break
+            time.sleep(0.2)
+    assert sorted(t.name for t in task_runs) == ["p1 first", "p1 second", "p1 third"]
+    assert all("__parents__" not in t.task_inputs for t in task_runs), [
+        t.task_inputs for t in task_runs
+    ]
+
+
 def test_cli_exit_codes_and_dry_run(tmp_path: Path, cli_env: dict[str, str]) -> None:
     marker = tmp_path / "ran"
     good = write_config(
