@@ -78,6 +78,13 @@ def observing(*observers: Observer) -> Iterator[None]:
         _observers.reset(token)
 
 
+def heartbeat(worker: str, activity: str, cost_usd: float = 0.0) -> None:
+    """Tell the observers of the current leader run what a worker is doing right now
+    (e.g. an agent's turn) and what its unit has cost so far; a no-op outside one."""
+    for observer in _observers.get():
+        observer.unit_heartbeat(worker, activity, cost_usd)
+
+
 def lead(plan: LeaderPlan[U, R]) -> Report:
     """Run a plan inside the current flow run and return its report."""
     observers = _observers.get()
@@ -225,6 +232,9 @@ class _Progress:
         pass
 
     def unit_started(self, unit: WorkUnit, worker: str) -> None:
+        pass
+
+    def unit_heartbeat(self, worker: str, activity: str, cost_usd: float) -> None:
         pass
 
     def unit_finished(self, result: UnitResult) -> None:

@@ -25,7 +25,8 @@ class WorkerState:
     current: str = ""
     completed: int = 0
     failed: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # of finished units
+    current_cost_usd: float = 0.0  # of the unit in progress, so far
     started: float = 0.0
     last_heartbeat: float = 0.0
 
@@ -68,7 +69,17 @@ class StatusBoard:
         with self._lock:
             state = self._workers.setdefault(worker, WorkerState(worker, started=now))
             state.status, state.current, state.last_heartbeat = "working", unit.name, now
+            state.current_cost_usd = 0.0
             self._running[unit.name] = worker
+        self._refresh()
+
+    def unit_heartbeat(self, worker: str, activity: str, cost_usd: float) -> None:
+        with self._lock:
+            state = self._workers.get(worker)
+            if state is None or state.status != "working":
+                return
+            state.current, state.current_cost_usd = activity, cost_usd
+            state.last_heartbeat = time.monotonic()
         self._refresh()
 
     def unit_finished(self, result: UnitResult) -> None:
@@ -76,7 +87,7 @@ class StatusBoard:
             worker = self._running.pop(result.name, None)
             if worker is not None:
                 state = self._workers[worker]
-                state.status, state.current = "idle", ""
+                state.status, state.current, state.current_cost_usd = "idle", "", 0.0
                 state.last_heartbeat = time.monotonic()
                 state.completed += result.status == "succeeded"
                 state.failed += result.failed
@@ -97,7 +108,8 @@ class StatusBoard:
                 icon = "🔵" if w.status == "working" else "⚪"
                 table.add_row(
                     w.name, f"{icon} {w.status}", str(w.completed), str(w.failed),
-                    f"${w.cost_usd:.2f}", w.current, f"{now - w.started:.0f}s",
+                    f"${w.cost_usd + w.current_cost_usd:.2f}", w.current,
+                    f"{now - w.started:.0f}s",
                     f"{now - w.last_heartbeat:.0f}s ago",
                 )  # fmt: skip
         return table

@@ -15,6 +15,7 @@ import pytest
 from flows._prefect import leader_session, state_result
 from flows.fleet.flow import fleet
 from flows.fleet.tracker import Labels, LocalTracker
+from flows.leader import observing
 from flows.report import Report
 from tests.conftest import REPO, run_cli
 from tests.fakes.anthropic_api import FakeAnthropic, text_turn, tool_turn
@@ -195,6 +196,46 @@ def test_local_mode_through_real_clients(tmp_path: Path, monkeypatch: pytest.Mon
     for folder in (tmp_path / "report", tmp_path / "ws"):  # logs, reports, mirror, git config
         for path in (p for p in folder.rglob("*") if p.is_file()):
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_workers_report_a_heartbeat_per_stage_and_agent_turn(tmp_path: Path) -> None:
+    beats: list[tuple[str, str, float]] = []
+
+    class Recorder:
+        def run_started(self, flow_run_id: str | None) -> None:
+            pass
+
+        def unit_started(self, unit: object, worker: str) -> None:
+            pass
+
+        def unit_heartbeat(self, worker: str, activity: str, cost_usd: float) -> None:
+            beats.append((worker, activity, cost_usd))
+
+        def unit_finished(self, result: object) -> None:
+            pass
+
+    overrides = {"mode": "test", "workspace": str(tmp_path / "ws"), "workers": 2,
+                 "agent_seconds": 0.02, "mock_issues": 2}  # fmt: skip
+    with leader_session(), observing(Recorder()):
+        state = fleet(overrides=overrides, report_dir=str(tmp_path / "report"), return_state=True)
+    report = state_result(state)
+    assert report.ok and len(report.tasks) == 2
+    for task in report.tasks:
+        activities = [activity for worker, activity, _ in beats if worker == task.worker
+                      and activity.startswith(f"{task.name}: ")]  # fmt: skip
+        assert [a.removeprefix(f"{task.name}: ") for a in activities] == [
+            "claim",
+            "workspace",
+            "agent",
+            "agent turn 1",
+            "agent turn 2",
+            "checks",
+            "publish",
+            "finish",
+            "cleanup",
+        ]
+        costs = [cost for worker, activity, cost in beats if activity.startswith(task.name)]
+        assert costs == sorted(costs) and costs[-1] == pytest.approx(task.cost_usd)
 
 
 def test_unknown_label_on_the_repository_is_a_clear_error(

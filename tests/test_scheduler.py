@@ -77,6 +77,9 @@ def test_never_more_than_max_parallel_and_slots_unique() -> None:
                 running.add(worker)
                 peak = max(peak, len(running))
 
+        def unit_heartbeat(self, worker: str, activity: str, cost_usd: float) -> None:
+            pass
+
         def unit_finished(self, result: UnitResult) -> None:
             with lock:
                 running.discard(result.worker or "")

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from flows.fleet.tracker import (
     Tracker,
     TrackerError,
     generate_mock_issues,
+    requeue_interrupted_claims,
 )
 from tests.conftest import GITHUB_TOKEN as TOKEN
 from tests.conftest import LABELS
@@ -298,6 +300,33 @@ def test_errors_name_the_operation_and_never_the_token(
         assert TOKEN not in shown
     assert TOKEN not in repr(tracker)
     assert gh.label_names(issue.number) == [LABELS.ready]  # nothing half done
+
+
+def test_a_claim_whose_reply_was_lost_goes_back_to_the_queue(clients: list[Github]) -> None:
+    """GitHub removed the ready label, but the reply was lost: PyGithub retried, got 404 and
+    the claim looked lost to another worker. No state label, no claim: a later sweep gives
+    the issue back, and only that one."""
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)  # the fake's events are that old
+    with FakeGitHub(token=TOKEN, owner="acme", repo="widgets",
+                    clock_start=an_hour_ago) as fake:  # fmt: skip
+        for name in LABELS.names():
+            fake.add_label(name)
+        tracker = GitHubTracker.connect(make_client(fake, clients), "acme/widgets", LABELS)
+        lost, claimed, unreadied = (ready_issue(fake, title) for title in ("a", "b", "c"))
+        assert tracker.claim(claimed, "fleet-a/worker-01")
+        fake.unlabel(claimed.number, LABELS.in_progress, actor="a-human")  # after the claim
+        fake.unlabel(unreadied.number, LABELS.ready, actor="a-human")  # not ready after all
+        fake.lose_next_reply()
+        assert tracker.claim(lost, "fleet-a/worker-02") is False
+        assert fake.label_names(lost.number) == []  # stranded: nobody will ever take it
+
+        assert tracker.interrupted_claims(older_than_s=2 * 3600) == []  # not old enough yet
+        assert [i.number for i in tracker.interrupted_claims(older_than_s=0)] == [lost.number]
+        assert requeue_interrupted_claims(tracker, older_than_s=0) == [lost.number]
+        assert fake.label_names(lost.number) == [LABELS.ready]
+        assert "interrupted" in fake.comments[lost.number][-1]
+        assert requeue_interrupted_claims(tracker, older_than_s=0) == []  # ready again
+        assert tracker.claim(lost, "fleet-a/worker-02")
 
 
 def test_a_failed_claim_step_gives_the_issue_back(gh: FakeGitHub, connect: Connect) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -132,6 +132,7 @@ def run_agent(
     model_name: str,
     meter: CostMeter,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    on_turn: Callable[[int], None] | None = None,
 ) -> AgentResult:
     """Let the model work on `task_prompt` with the toolbox's tools until it ends its turn.
 
@@ -139,7 +140,8 @@ def run_agent(
     (checked after every call; a final answer that arrives over budget still counts, as
     nothing more is spent), or on a permanent model error. A transient model error is
     raised (see the module docstring). Raises UnknownModelError before any call when
-    `model_name` has no price.
+    `model_name` has no price. `on_turn(turns)` is called after every model call (a
+    heartbeat for status displays).
     """
     meter.price(model_name)
     messages: list[Message] = [{"role": "user", "content": task_prompt}]
@@ -157,6 +159,8 @@ def run_agent(
         progress.turns += 1
         progress.usage = progress.usage + turn.usage
         progress.cost_usd += meter.add(model_name, turn.usage)
+        if on_turn is not None:
+            on_turn(progress.turns)
         messages.append({"role": "assistant", "content": turn.content})
         tool_uses = [block for block in turn.content if block.get("type") == "tool_use"]
         log.info(

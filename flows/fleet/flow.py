@@ -45,7 +45,13 @@ from flows.fleet.merge import MergeResult, merge_approved
 from flows.fleet.models import Issue, IssueResult
 from flows.fleet.simulated import SimulatedModel, fails
 from flows.fleet.testbed import DEFAULT_BRANCH, ensure_remote, ensure_tracker, testbed_source
-from flows.fleet.tracker import GitHubTracker, Labels, Tracker, TrackerError
+from flows.fleet.tracker import (
+    GitHubTracker,
+    Labels,
+    Tracker,
+    TrackerError,
+    requeue_interrupted_claims,
+)
 from flows.fleet.worker import (
     FleetContext,
     IssueUnit,
@@ -54,7 +60,7 @@ from flows.fleet.worker import (
     skipped_issue,
 )
 from flows.fleet.workspace import GitAuth, Mirror
-from flows.leader import LeaderPlan, lead, report_state
+from flows.leader import LeaderPlan, heartbeat, lead, report_state
 from flows.report import Report, SetupSummary
 from flows.scheduler import build_tiers
 
@@ -149,6 +155,7 @@ def fleet_context(connection: Connection, report_dir: Path) -> FleetContext:
         system_prompt=load_system_prompt(),
         claimant=claimant(),
         report_dir=report_dir,
+        heartbeat=heartbeat,
     )
 
 
@@ -163,6 +170,10 @@ def fleet_plan(
     `worker` names the one worker of a `resolve-issue` run instead of the slot names."""
     settings = connection.settings
     ctx = fleet_context(connection, report_dir)
+    if issues is None:
+        requeued = requeue_interrupted_claims(connection.tracker)
+        if requeued:
+            print(f"put back in the queue (interrupted claims): {_numbers(requeued)}")
     found = connection.tracker.list_ready() if issues is None else issues
     units = [IssueUnit(issue, issue.priority(settings.labels.priority_prefix)) for issue in found]
 
@@ -203,7 +214,7 @@ def distributed_plan(
         target = read_deployment(client, deployment)
         released, units = sweep_then_ready(client, target, connection)
     if released:
-        print(f"released issues of lost runs: {', '.join(f'#{n}' for n in released)}")
+        print(f"released issues of lost runs or interrupted claims: {_numbers(released)}")
 
     def run_on_pool(unit: IssueUnit, slot: str) -> IssueResult:
         with get_client(sync_client=True) as client:
@@ -230,8 +241,10 @@ def distributed_plan(
 def sweep_then_ready(
     client: SyncPrefectClient, target: DeploymentResponse, connection: Connection
 ) -> tuple[list[int], list[IssueUnit]]:
-    """Release the issues of lost runs; then the ready issues as units, urgent first."""
+    """Release the issues of lost runs and interrupted claims; then the ready issues as
+    units, urgent first."""
     released = sweep_lost_runs(client, target.id, connection.source, connection.tracker)
+    released += requeue_interrupted_claims(connection.tracker)
     prefix = connection.settings.labels.priority_prefix
     units = [IssueUnit(i, i.priority(prefix)) for i in connection.tracker.list_ready()]
     return released, sorted(units, key=lambda unit: unit.priority)
@@ -375,6 +388,10 @@ def merge_approved_pulls(connection: Connection) -> list[MergeResult]:
     return merges
 
 
+def _numbers(numbers: list[int]) -> str:
+    return ", ".join(f"#{n}" for n in numbers)
+
+
 def publish_dispatches(dispatched: list[Dispatch], released: list[int], name: str) -> None:
     """A table artifact on the poller's run: which issue went to which run."""
     rows = [
@@ -382,7 +399,7 @@ def publish_dispatches(dispatched: list[Dispatch], released: list[int], name: st
          "action": "started" if d.started else "already running"}
         for d in dispatched
     ] + [{"issue": f"#{n}", "flow run": "", "flow run id": "",
-          "action": "released (its run was lost)"} for n in released]  # fmt: skip
+          "action": "released (its run or claim was lost)"} for n in released]  # fmt: skip
     empty = {"issue": "", "flow run": "", "flow run id": "", "action": "no ready issue"}
     create_table_artifact(
         table=rows or [empty],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote
@@ -42,9 +45,14 @@ from flows.fleet.models import (
 
 # What a PyGithub call can raise: API errors, and network errors once its retries gave up.
 _API_ERRORS = (GithubException, requests.RequestException)
+log = logging.getLogger(__name__)
 
 
 CLAIM_PREFIX = "Claimed by "
+# A claim takes its three API calls within seconds (PyGithub's retries included); an issue
+# whose ready label was taken longer ago than this, with no claim since, lost its claim.
+CLAIM_GRACE_S = 600.0
+EVENTS_SCANNED = 300  # recent repository issue events an interrupted-claims sweep reads
 
 
 class TrackerError(Exception):
@@ -130,6 +138,13 @@ class Tracker(Protocol):
         """Who claimed the issue last (the text after "Claimed by"), None if nobody did."""
         ...
 
+    def interrupted_claims(self, older_than_s: float = CLAIM_GRACE_S) -> list[Issue]:
+        """Open issues a claim began on but never finished: the fleet took the ready label
+        more than `older_than_s` ago, and since then the issue got no state label and no
+        claim comment. What a lost reply to the label's removal leaves behind (the caller
+        saw an error, or a 404 on the retry, and believed another worker had won)."""
+        ...
+
     def comment(self, issue: Issue, body: str) -> None: ...
 
     def open_pull_request(self, issue: Issue, branch: str, title: str, body: str) -> PullRequest:
@@ -162,10 +177,14 @@ class GitHubTracker:
     becomes a TrackerError.
     """
 
-    def __init__(self, repo: Repository, labels: Labels, owner_login: str) -> None:
+    def __init__(
+        self, repo: Repository, labels: Labels, owner_login: str, client: Github | None = None
+    ) -> None:
         self._repo = repo
         self._labels = labels
         self._owner_login = owner_login
+        self._client = client
+        self._login: str | None = None  # the token's account, read when first needed
 
     @classmethod
     def connect(cls, client: Github, full_name: str, labels: Labels) -> GitHubTracker:
@@ -181,7 +200,7 @@ class GitHubTracker:
                 f"repository {repo.full_name} has no label {names}: "
                 "create it on GitHub (Issues > Labels) or configure another label name"
             )
-        return cls(repo, labels, owner_login)
+        return cls(repo, labels, owner_login, client)
 
     def __repr__(self) -> str:
         return f"GitHubTracker({self.full_name!r})"
@@ -241,6 +260,47 @@ class GitHubTracker:
         with _api_errors(f"read the comments of {self._ref(issue)}"):
             bodies = [c._rawData.get("body") or "" for c in self._handle(issue).get_comments()]
         return _last_claim(bodies)
+
+    def interrupted_claims(self, older_than_s: float = CLAIM_GRACE_S) -> list[Issue]:
+        login = self._account_login()
+        if login is None:
+            return []  # cannot tell the fleet's removals of the ready label from others'
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        ready = self._labels.ready.lower()
+        state_labels = {name.lower() for name in self._labels.names()}
+        seen: set[int] = set()
+        found: list[Issue] = []
+        with _api_errors(f"look for interrupted claims in {self.full_name}"):
+            events = self._repo.get_issues_events()  # newest first
+            for event in islice(events, EVENTS_SCANNED):
+                data = event._rawData
+                issue = data.get("issue") or {}
+                number = issue.get("number")
+                if data.get("event") != "unlabeled" or number is None or number in seen:
+                    continue
+                if str((data.get("label") or {}).get("name", "")).lower() != ready:
+                    continue
+                seen.add(number)  # only the latest removal of the ready label counts
+                taken_at = _timestamp(data.get("created_at"))
+                if (
+                    (data.get("actor") or {}).get("login") != login
+                    or taken_at is None
+                    or taken_at > cutoff
+                    or issue.get("state") != "open"
+                    or "pull_request" in issue
+                    or {str(label.get("name", "")).lower() for label in issue.get("labels", [])}
+                    & state_labels
+                ):
+                    continue
+                comments = self._handle(_issue_from_json(issue)).get_comments()
+                claimed_since = any(
+                    (c._rawData.get("body") or "").startswith(CLAIM_PREFIX)
+                    and (_timestamp(c._rawData.get("created_at")) or taken_at) >= taken_at
+                    for c in comments
+                )
+                if not claimed_since:
+                    found.append(_issue_from_json(issue))
+        return found
 
     def comment(self, issue: Issue, body: str) -> None:
         with _api_errors(f"comment on {self._ref(issue)}"):
@@ -316,6 +376,14 @@ class GitHubTracker:
     def _ref(self, issue: Issue) -> str:
         return f"{self.full_name}#{issue.number}"
 
+    def _account_login(self) -> str | None:
+        """The token's account (whose name the fleet's label changes carry); None when the
+        token may not read it (a GitHub App installation token)."""
+        if self._login is None and self._client is not None:
+            with suppress(*_API_ERRORS):
+                self._login = self._client.get_user().login
+        return self._login
+
     def _handle(self, issue: Issue) -> GithubIssue:
         """An issue object to act on, without the GET that `repo.get_issue()` makes."""
         url = f"{self._repo.url}/issues/{issue.number}"
@@ -386,6 +454,35 @@ def _github_message(exc: GithubException) -> str:
         if isinstance(error, dict) and error.get("message"):
             parts.append(str(error["message"]))
     return f"{exc.status} " + ": ".join(part for part in parts if part)
+
+
+def requeue_interrupted_claims(tracker: Tracker, older_than_s: float = CLAIM_GRACE_S) -> list[int]:
+    """Put issues whose claim was interrupted back in the queue (see
+    `Tracker.interrupted_claims`); their numbers. A failure is only a warning: the next poll
+    looks again."""
+    try:
+        issues = tracker.interrupted_claims(older_than_s)
+    except TrackerError as exc:
+        log.warning("could not look for interrupted claims: %s", exc)
+        return []
+    requeued = []
+    for issue in issues:
+        try:
+            tracker.release(issue, "a claim on this issue was interrupted (a lost reply); "
+                                   "it is ready again")  # fmt: skip
+        except TrackerError as exc:
+            log.warning("could not put #%d back in the queue: %s", issue.number, exc)
+            continue
+        requeued.append(issue.number)
+    return requeued
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """GitHub's `2026-01-02T03:04:05Z`, as an aware datetime; None when absent or invalid."""
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _last_claim(comments: Iterable[str]) -> str | None:
@@ -568,6 +665,9 @@ class LocalTracker:
 
     def last_claim(self, number: int) -> str | None:
         return _last_claim(self._read_issue(number).comments)
+
+    def interrupted_claims(self, older_than_s: float = CLAIM_GRACE_S) -> list[Issue]:
+        return []  # a local claim is one change under a lock: it happens whole or not at all
 
     def comment(self, issue: Issue, body: str) -> None:
         def post(record: _LocalIssue) -> bool:

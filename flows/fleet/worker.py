@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +58,8 @@ class FleetContext:
     report_dir: Path
     author: tuple[str, str] = ("prefect-fleet", "fleet@localhost")
     sleep: Callable[[float], None] = field(default=time.sleep)
+    # (worker, activity, cost of the issue so far): what status displays show live
+    heartbeat: Callable[[str, str, float], None] = field(default=lambda *_: None)
 
     @property
     def root(self) -> Path:
@@ -79,10 +81,10 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
     issue = unit.issue
     started = datetime.now(UTC)
     run = _IssueRun(
-        issue, ctx, CostMeter(), _IssueLog(ctx.report_dir / "logs" / f"{issue.name}.log")
+        issue, worker, ctx, CostMeter(), _IssueLog(ctx.report_dir / "logs" / f"{issue.name}.log")
     )
     log, outcome = run.log, run.outcome
-    with outcome.stage("claim"):
+    with run.stage("claim"):
         claimed = ctx.tracker.claim(issue, f"{ctx.claimant}/{worker}")
     if not claimed:
         log(f"#{issue.number} was claimed by another worker or fleet: skipped")
@@ -90,7 +92,7 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
         return _result(run, unit, worker, started)
     workspace: Workspace | None = None
     try:
-        with outcome.stage("workspace"):
+        with run.stage("workspace"):
             workspace = prepare_workspace(
                 ctx.mirror, ctx.root, worker, issue.number, ctx.default_branch
             )
@@ -98,12 +100,12 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
             + (" (continuing an earlier branch)" if workspace.resumed else ""))  # fmt: skip
         agent, checks = _implement(run, workspace)
         if agent.ok and checks.passed:
-            with outcome.stage("publish"):
+            with run.stage("publish"):
                 pull = _publish(run, workspace, agent, checks)
             outcome.pull_request = pull.url
             outcome.status = "succeeded"
             log(f"pull request {pull.url} ({'opened' if pull.created else 'updated'})")
-            with outcome.stage("finish"):
+            with run.stage("finish"):
                 ctx.tracker.finish(issue, True, f"Pull request: {pull.url}")
         else:
             reason = agent.error if not agent.ok else f"checks still failing:\n{checks.report}"
@@ -114,7 +116,7 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
         if workspace is not None and (
             outcome.status == "succeeded" or not ctx.settings.keep_failed_workspaces
         ):
-            with outcome.stage("cleanup"):
+            with run.stage("cleanup"):
                 workspace.cleanup()
     return _result(run, unit, worker, started)
 
@@ -142,10 +144,19 @@ class _IssueRun:
     """What the stages of one issue share."""
 
     issue: Issue
+    worker: str
     ctx: FleetContext
     meter: CostMeter
     log: _IssueLog
     outcome: _Outcome = field(default_factory=_Outcome)
+
+    def beat(self, activity: str) -> None:
+        self.ctx.heartbeat(self.worker, f"{self.issue.name}: {activity}", self.meter.total_usd)
+
+    def stage(self, name: str) -> AbstractContextManager[None]:
+        """Time a stage, telling the status displays it has begun."""
+        self.beat(name)
+        return self.outcome.stage(name)
 
 
 @dataclass(frozen=True)
@@ -156,18 +167,18 @@ class CheckReport:
 
 def _implement(run: _IssueRun, workspace: Workspace) -> tuple[AgentResult, CheckReport]:
     """Agent, checks, and up to max_revisions more rounds while the checks fail."""
-    ctx, outcome = run.ctx, run.outcome
+    ctx = run.ctx
     failures: str | None = None
     checks = CheckReport(True, "")
     agent = AgentResult(ok=False, error="not started")
     for revision in range(ctx.settings.max_revisions + 1):
-        with outcome.stage("agent"):
+        with run.stage("agent"):
             agent = _run_agent_with_retries(run, workspace, failures)
         if not agent.ok:
             return agent, checks
         if not workspace.changed_files():
             return AgentResult(ok=False, error="the agent changed no file"), checks
-        with outcome.stage("checks"):
+        with run.stage("checks"):
             checks = run_checks(workspace.path, ctx, run.issue)
         run.log(f"checks after round {revision + 1}: {'passed' if checks.passed else 'failed'}")
         if checks.passed:
@@ -190,6 +201,7 @@ def _run_agent_with_retries(
                 system=ctx.system_prompt, max_turns=settings.max_turns,
                 budget_usd=max(0.0, settings.budget_usd_per_issue - meter.total_usd),
                 model_name=settings.model, meter=meter, max_tokens=settings.max_tokens,
+                on_turn=lambda turns: run.beat(f"agent turn {turns}"),
             )  # fmt: skip
         except AgentError as exc:  # transient: the SDK already retried the call itself
             if retry == settings.max_agent_retries:

@@ -133,6 +133,7 @@ class FakeGitHub(LoopbackServer):
         login: str = "fleet-bot",
         clone_url: str | None = None,
         default_branch: str = "main",
+        clock_start: datetime | None = None,
     ) -> None:
         super().__init__()
         self.token = token
@@ -145,10 +146,13 @@ class FakeGitHub(LoopbackServer):
         self._ids = itertools.count(1001)
         self._numbers = itertools.count(1)
         self._seconds = itertools.count()
-        self._epoch = datetime.now(UTC).replace(microsecond=0)
+        # timestamps tick one second per change from here (a past start makes them "old")
+        self._epoch = (clock_start or datetime.now(UTC)).replace(microsecond=0)
         self._issues: dict[int, _Issue] = {}
         self._labels: dict[str, _Label] = {}
         self._faults: list[Response] = []
+        self._lost_replies = 0
+        self._events: list[dict[str, Any]] = []  # issue events, oldest first
         self._log: list[LoggedRequest] = []
 
     # ----- test controls -----------------------------------------------------------------
@@ -216,6 +220,14 @@ class FakeGitHub(LoopbackServer):
             pull.reviews.append(review)
             return review.id
 
+    def unlabel(self, number: int, name: str, actor: str) -> None:
+        """Someone (`actor`, e.g. a human on the web UI) removes a label from an issue."""
+        with self._lock:
+            issue = self._issues[number]
+            issue.labels = [n for n in issue.labels if n.lower() != name.lower()]
+            self._record_event(issue, "unlabeled", name, actor)
+            self._touch(issue)
+
     def set_mergeable(self, number: int, mergeable: bool) -> None:
         """False: merging pull request `number` answers 405, as with conflicts."""
         with self._lock:
@@ -234,6 +246,12 @@ class FakeGitHub(LoopbackServer):
         with self._lock:
             for _ in range(n):
                 self._faults.append(Response(status, {"message": message}, dict(headers or {})))
+
+    def lose_next_reply(self, status: int = 502) -> None:
+        """Carry out the next request, then answer `status` as if the reply had been lost
+        on the way (a gateway timing out after the change was made)."""
+        with self._lock:
+            self._lost_replies += 1
 
     def rate_limit_next(self, n: int, reset_in_seconds: int = 60, status: int = 403) -> None:
         """Answer the next `n` requests with GitHub's primary rate-limit error."""
@@ -333,6 +351,9 @@ class FakeGitHub(LoopbackServer):
         except ValueError:
             return _error(400, "Problems parsing JSON")
         response = self._route(request, body)
+        if self._lost_replies:
+            self._lost_replies -= 1
+            return _error(502, _phrase(502))
         response.headers = {**self._rate_headers(), **response.headers}
         return response
 
@@ -369,6 +390,9 @@ class FakeGitHub(LoopbackServer):
                 return self._list_issues(request)
             case "POST", ["issues"]:
                 return self._create_issue(body)
+            case "GET", ["issues", "events"]:
+                events = [self._event_json(event) for event in reversed(self._events)]
+                return self._paginate(events, request)
             case _, ["issues", number, *sub] if number.isdigit():
                 issue = self._issues.get(int(number))
                 if issue is None:
@@ -403,6 +427,8 @@ class FakeGitHub(LoopbackServer):
             case "PUT", ["labels"]:
                 return self._add_labels(issue, body, replace=True)
             case "DELETE", ["labels"]:
+                for name in issue.labels:
+                    self._record_event(issue, "unlabeled", name)
                 issue.labels = []
                 self._touch(issue)
                 return Response(204)
@@ -483,6 +509,11 @@ class FakeGitHub(LoopbackServer):
             label = self._ensure_label(name)
             if label.name.lower() not in {n.lower() for n in current}:
                 current.append(label.name)
+        for name in {n.lower(): n for n in issue.labels}.keys() - {n.lower() for n in current}:
+            self._record_event(issue, "unlabeled", name)
+        for name in current:
+            if name.lower() not in {n.lower() for n in issue.labels}:
+                self._record_event(issue, "labeled", name)
         issue.labels = current
         self._touch(issue)
         return Response(200, self._issue_labels_json(issue))
@@ -491,6 +522,7 @@ class FakeGitHub(LoopbackServer):
         kept = [n for n in issue.labels if n.lower() != name.lower()]
         if len(kept) == len(issue.labels):
             return _error(404, "Label does not exist")
+        self._record_event(issue, "unlabeled", name)
         issue.labels = kept
         self._touch(issue)
         return Response(200, self._issue_labels_json(issue))
@@ -637,6 +669,28 @@ class FakeGitHub(LoopbackServer):
         issue.state = state
         issue.closed_at = self._tick() if state == "closed" else None
         issue.state_reason = (reason or "completed") if state == "closed" else "reopened"
+
+    def _record_event(self, issue: _Issue, kind: str, label: str, actor: str | None = None) -> None:
+        """A `labeled`/`unlabeled` issue event (by the token's user unless `actor` says)."""
+        self._events.append({"id": next(self._ids), "kind": kind, "label": label,
+                             "number": issue.number, "created_at": self._tick(),
+                             "actor": actor or self.login})  # fmt: skip
+
+    def _event_json(self, event: dict[str, Any]) -> dict[str, Any]:
+        """`GET /repos/{o}/{r}/issues/events` renders the issue as it is now."""
+        label = self._find_label(event["label"])
+        return {
+            "id": event["id"],
+            "node_id": f"LE_{event['id']}",
+            "url": f"{self.base_url}/repos/{self.owner}/{self.repo}/issues/events/{event['id']}",
+            "actor": self._user_json(event["actor"]),
+            "event": event["kind"],
+            "commit_id": None,
+            "commit_url": None,
+            "created_at": event["created_at"],
+            "label": {"name": event["label"], "color": label.color if label else "ededed"},
+            "issue": self._issue_json(self._issues[event["number"]]),
+        }
 
     def _touch(self, issue: _Issue) -> None:
         issue.updated_at = self._tick()
