@@ -166,17 +166,18 @@ class UnitTask:
 
     The critical path goes first: a unit reports its result (freeing its slot for the
     next unit) before Prefect records the end of its task run, and that recording waits
-    until the units just submitted have begun their work (at most `settle_s`), so the
-    bookkeeping of finished units does not compete with the start of the next ones.
+    until the units its report started have begun their work (at most `settle_s`), so
+    the bookkeeping of finished units does not compete with the start of the next ones.
     """
 
     work: Callable[[Any, str], UnitResult]
     units: Sequence[Any]
     name: str
     settle_s: float = 0.05
+    # units submitted whose work has not begun yet, with whom to report their result to
     _reporters: dict[int, Callable[[Any], None]] = field(default_factory=dict)
-    _launching: int = 0  # submitted units whose work has not begun yet
     _changed: threading.Condition = field(default_factory=threading.Condition)
+    _local: threading.local = field(default_factory=threading.local)  # who submitted what
     # Units are submitted from the threads of units that just finished; they must be
     # submitted in the leader's context, or Prefect would make each the child of the last.
     _leader_context: contextvars.Context = field(default_factory=contextvars.copy_context)
@@ -184,13 +185,19 @@ class UnitTask:
     def __post_init__(self) -> None:
         def run_unit(label: str, index: int, worker: str) -> State[Any]:
             with self._changed:
-                self._launching -= 1
                 reporter = self._reporters.pop(index)
                 self._changed.notify_all()
             result = self.work(self.units[index], worker)
-            reporter(result)
+            self._local.submitted = []
+            try:
+                reporter(result)  # may start the next units, from this thread
+                started = self._local.submitted
+            finally:
+                self._local.submitted = None
             with self._changed:
-                self._changed.wait_for(lambda: self._launching == 0, timeout=self.settle_s)
+                self._changed.wait_for(
+                    lambda: not any(i in self._reporters for i in started), timeout=self.settle_s
+                )
             return _unit_state(result)
 
         run_unit.__name__ = run_unit.__qualname__ = self.name
@@ -214,22 +221,21 @@ class UnitTask:
         unit = self.units[index]
         with self._changed:
             self._reporters[index] = reporter
-            self._launching += 1
+        if (submitted := getattr(self._local, "submitted", None)) is not None:
+            submitted.append(index)
         parameters = {"label": unit_label(unit), "index": index, "worker": worker}
         try:
             prefect_future = self._leader_context.copy().run(runner.submit, self.task, parameters)
         except BaseException:
             with self._changed:
                 self._reporters.pop(index, None)
-                self._launching -= 1
             raise
         assert isinstance(prefect_future, PrefectConcurrentFuture)
         result: Future[Any] = Future()
 
         def resolve(done: Future[Any]) -> None:
-            with self._changed:  # a run that ended without running the unit: not launching
+            with self._changed:  # a run that ended without running the unit
                 if self._reporters.pop(index, None) is not None:
-                    self._launching -= 1
                     self._changed.notify_all()
             try:
                 state: State[Any] = done.result()
