@@ -11,6 +11,7 @@ nothing a task started outlives it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -47,37 +48,46 @@ class CommandOutcome:
         return self.exit_code == 0 and not self.timed_out
 
 
-# A word the shell passes on unchanged: no quotes, expansions, globs, redirections or
-# separators. A command made only of such words means the same without a shell.
-_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
-# Words that mean something else to the shell than the program of that name, if any.
+# Words the shell passes on unchanged (no quotes, expansions, globs, redirections or
+# separators) between spaces and tabs (a newline separates commands). A command made only
+# of such words means the same without a shell.
+_PLAIN_COMMAND = re.compile(r"[ \t]*[A-Za-z0-9_@%+=:,./-]+(?:[ \t]+[A-Za-z0-9_@%+=:,./-]+)*[ \t]*")
+# Words that mean something else to the shell than the program of that name, if any
+# (builtins whose options differ from the program's, such as `echo -e`, included).
 _SHELL_WORDS = frozenset({
     "!", ".", ":", "[[", "alias", "bg", "break", "case", "cd", "command", "continue", "do",
-    "done", "elif", "else", "esac", "eval", "exec", "exit", "export", "fc", "fg", "fi", "for",
-    "getopts", "hash", "if", "jobs", "local", "pwd", "read", "readonly", "return", "set",
-    "shift", "source", "then", "times", "trap", "type", "ulimit", "umask", "unalias", "unset",
-    "until", "wait", "while", "{", "}",
+    "done", "echo", "elif", "else", "esac", "eval", "exec", "exit", "export", "fc", "fg", "fi",
+    "for", "getopts", "hash", "if", "jobs", "kill", "local", "printf", "pwd", "read",
+    "readonly", "return", "set", "shift", "source", "test", "then", "time", "times", "trap",
+    "type", "ulimit", "umask", "unalias", "unset", "until", "wait", "while", "{", "}",
 })  # fmt: skip
 
 
 def to_argv(command: str | Sequence[str], path: str | None = None) -> list[str]:
     """A string runs through /bin/sh -c (as in CI configs); a list runs as-is.
 
-    A string of plain words whose first word is a program on `path` is executed
+    A single line of plain words whose first word is a program on `path` is executed
     directly, as make does: the same meaning, one process and a few milliseconds less.
+    `run_command` falls back to the shell for a script without `#!`, and reports a
+    signal as the shell does (128 + its number).
     """
     if not isinstance(command, str):
         return list(command)
     words = command.split()
     if (
-        words
-        and all(_PLAIN_WORD.fullmatch(word) for word in words)
+        _PLAIN_COMMAND.fullmatch(command)
         and words[0] not in _SHELL_WORDS
         and "=" not in words[0]  # an assignment
         and "/" not in words[0]  # a path: relative to the command's cwd, not ours
+        and path is not None
+        and all(os.path.isabs(entry) for entry in path.split(os.pathsep))  # no cwd lookups
         and (program := shutil.which(words[0], path=path))
     ):
         return [program, *words[1:]]
+    return shell_argv(command)
+
+
+def shell_argv(command: str) -> list[str]:
     return ["/bin/sh", "-c", command]
 
 
@@ -96,18 +106,25 @@ def run_command(
     With an `rss` sampler, the peak RSS of the command's whole process tree is measured.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = to_argv(command, env.get("PATH", os.defpath))
+    direct = isinstance(command, str) and argv != shell_argv(command)
     with log_path.open("ab") as log:
         started_at = _now()
+
+        def start(argv: list[str]) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
         try:
-            process = subprocess.Popen(
-                to_argv(command, env.get("PATH", os.defpath)),
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                process = start(argv)
+            except OSError as exc:
+                if not (direct and exc.errno == errno.ENOEXEC):
+                    raise
+                assert isinstance(command, str)
+                direct, process = False, start(shell_argv(command))  # a script without #!
         except OSError as exc:
             message = f"cannot start command: {exc.strerror or exc}"
             log.write(f"{message}\n".encode())
@@ -123,6 +140,8 @@ def run_command(
     ended_at = _now()
     exit_code = os.waitstatus_to_exitcode(status)
     process.returncode = exit_code  # reaped here: tell Popen so it does not wait again
+    if direct and exit_code < 0:
+        exit_code = 128 - exit_code  # as `sh -c` reports a command killed by a signal
     _kill_group(process.pid, signal.SIGKILL)  # stragglers
     if watchdog.fired:
         with log_path.open("ab") as log:

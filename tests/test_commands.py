@@ -36,10 +36,36 @@ def test_plain_commands_skip_the_shell_and_mean_the_same() -> None:
 @pytest.mark.parametrize(
     "command",
     ["echo $HOME", "echo 'a  b'", "ls *.py", "true && false", "cd sub", "pwd",
-     "FOO=1 env", "./run.sh", "echo ~", "sleep 1 # why", "exit 3", "echo a\\ b"],
+     "FOO=1 env", "./run.sh", "echo ~", "sleep 1 # why", "exit 3", "echo a\\ b",
+     "true\nfalse", "echo -e x", "test -f x"],
 )  # fmt: skip
 def test_anything_the_shell_would_interpret_runs_through_it(command: str) -> None:
     assert to_argv(command, os.environ["PATH"]) == ["/bin/sh", "-c", command]
+
+
+def test_relative_path_entries_keep_the_shell() -> None:
+    """`sh` looks them up from the command's cwd, `shutil.which` from ours."""
+    path = f"node_modules/.bin{os.pathsep}{os.environ['PATH']}"
+    assert to_argv("sleep 1", path) == ["/bin/sh", "-c", "sleep 1"]
+
+
+def test_direct_runs_behave_as_the_shell_would(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "no-shebang"  # sh runs it as a shell script; exec alone cannot
+    script.write_text("echo from the script\nexit 5\n")
+    script.chmod(0o755)
+    crasher = bin_dir / "crasher"
+    crasher.write_text(
+        f"#!{sys.executable}\nimport os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
+    )
+    crasher.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    log = tmp_path / "out.log"
+    ran = run_command("no-shebang arg", cwd=tmp_path, env=env, timeout=10, log_path=log)
+    assert ran.exit_code == 5 and "from the script" in log.read_text()
+    crashed = run_command("crasher", cwd=tmp_path, env=env, timeout=10, log_path=log)
+    assert crashed.exit_code == 128 + 11  # as `sh -c` reports SIGSEGV, not -11
 
 
 def test_direct_and_shell_runs_give_the_same_output(tmp_path: Path) -> None:
