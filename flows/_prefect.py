@@ -136,10 +136,11 @@ class _DropRunLogs(logging.Filter):
 def task_runner(max_parallel: int) -> ThreadPoolTaskRunner[Any]:
     """A bounded thread pool for `max_parallel` units (Prefect's default is unbounded).
 
-    Twice the slots: a unit's slot passes to the next one as soon as its work is done,
-    while its own thread still records the end of its task run.
+    Three threads per slot: a unit's slot passes to the next one as soon as its work is
+    done, while its own thread still records the end of its task run (and Prefect warns
+    when a pool is full and a task run submits another).
     """
-    return ThreadPoolTaskRunner(max_workers=2 * max_parallel)
+    return ThreadPoolTaskRunner(max_workers=3 * max_parallel)
 
 
 # --- work units as task runs ------------------------------------------------------------

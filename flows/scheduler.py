@@ -177,6 +177,7 @@ class _TierRun(Generic[U, R]):
         self._draining = False  # some thread is handing free slots to waiting units
         self._pending_futures = 0
         self._results: dict[str, R] = {}
+        self._error: BaseException | None = None  # a broken callback: raised by wait()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
 
@@ -193,16 +194,32 @@ class _TierRun(Generic[U, R]):
                     self._draining = False
                     return
                 worker, unit = self._free.popleft(), self._waiting.popleft()
-            self._start(unit, worker)
+            try:
+                self._start(unit, worker)
+            except BaseException as exc:
+                self._fail(exc)
+                raise
 
     def wait(self) -> list[R]:
-        """Every unit's result, in matrix order, once every task run has ended too."""
+        """Every unit's result, in matrix order, once every task run has ended too. Raises
+        what broke a callback (an observer, `skipped`, `crashed`): never waits forever."""
         units = self._tier.units
         with self._changed:
             self._changed.wait_for(
-                lambda: len(self._results) == len(units) and not self._pending_futures
+                lambda: (
+                    self._error is not None
+                    or (len(self._results) == len(units) and not self._pending_futures)
+                )
             )
+            if self._error is not None:
+                raise self._error
         return [self._results[unit.name] for unit in units]
+
+    def _fail(self, error: BaseException) -> None:
+        with self._changed:
+            self._error = self._error or error
+            self._draining = False
+            self._changed.notify_all()
 
     def _start(self, unit: U, worker: str) -> None:
         scheduler = self._scheduler
@@ -226,6 +243,8 @@ class _TierRun(Generic[U, R]):
             try:
                 if not report.called:  # the worker died before it could report
                     report(scheduler._outcome(f, unit, worker))
+            except BaseException as exc:
+                self._fail(exc)
             finally:
                 self._future_resolved()
 

@@ -9,6 +9,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pytest
+
 from flows.report import UnitResult
 from flows.scheduler import Scheduler, build_tiers
 
@@ -209,3 +211,33 @@ def test_a_reported_result_frees_the_slot_before_the_bookkeeping_ends() -> None:
     runner.join(5)
     assert [r.status for r in outcome[0]] == ["succeeded", "succeeded"]
     assert [r.worker for r in outcome[0]] == ["worker-01", "worker-01"]
+
+
+def test_a_broken_observer_fails_the_run_instead_of_hanging_it() -> None:
+    class Broken:
+        def run_started(self, flow_run_id: str | None) -> None:
+            pass
+
+        def unit_started(self, unit: Unit, worker: str) -> None:
+            if unit.name == "u3":
+                raise RuntimeError("observer bug")
+
+        def unit_heartbeat(self, worker: str, activity: str, cost_usd: float) -> None:
+            pass
+
+        def unit_finished(self, result: UnitResult) -> None:
+            pass
+
+    units = [Unit(f"u{i}", 1, 0.01) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+            submit=lambda unit, worker, report: pool.submit(
+                lambda: report(work(unit, worker)) or work(unit, worker)
+            ),
+            skipped=lambda u, r: UnitResult(name=u.name, priority=1, status="skipped"),
+            crashed=lambda u, w, e: UnitResult(name=u.name, priority=1, status="failed"),
+            max_parallel=2,
+            observers=[Broken()],
+        )
+        with pytest.raises(RuntimeError, match="observer bug"):
+            scheduler.run(build_tiers(units))
