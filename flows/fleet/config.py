@@ -53,6 +53,12 @@ class FleetConfig(BaseModel):
         description="Pipeline config inside the target repository whose tasks are the checks",
     )
     poll_interval_seconds: PositiveFloat = 30
+    requeue_interrupted_claims: bool = Field(
+        default=False,
+        description="each poll puts back issues whose claim a lost reply interrupted; only "
+        "with a GitHub account of the fleet's own (a human's removal of the ready label "
+        "with the same account looks the same)",
+    )
     github_block: str | None = Field(
         default=None,
         pattern=BLOCK_NAME_PATTERN,

@@ -117,7 +117,8 @@ def _connect_github(
     from flows.fleet.claude import ClaudeModel
 
     token = credentials.github_token.get_secret_value()
-    client = Github(base_url=credentials.github_api_url, auth=Auth.Token(token))
+    # GitHub's largest page (PyGithub asks for 30): fewer requests for every list
+    client = Github(base_url=credentials.github_api_url, auth=Auth.Token(token), per_page=100)
     try:
         tracker = GitHubTracker.connect(client, credentials.repo, labels)
     except TrackerError as exc:
@@ -170,7 +171,7 @@ def fleet_plan(
     `worker` names the one worker of a `resolve-issue` run instead of the slot names."""
     settings = connection.settings
     ctx = fleet_context(connection, report_dir)
-    if issues is None:
+    if issues is None and settings.requeue_interrupted_claims:
         requeued = requeue_interrupted_claims(connection.tracker)
         if requeued:
             print(f"put back in the queue (interrupted claims): {_numbers(requeued)}")
@@ -244,7 +245,8 @@ def sweep_then_ready(
     """Release the issues of lost runs and interrupted claims; then the ready issues as
     units, urgent first."""
     released = sweep_lost_runs(client, target.id, connection.source, connection.tracker)
-    released += requeue_interrupted_claims(connection.tracker)
+    if connection.settings.requeue_interrupted_claims:
+        released += requeue_interrupted_claims(connection.tracker)
     prefix = connection.settings.labels.priority_prefix
     units = [IssueUnit(i, i.priority(prefix)) for i in connection.tracker.list_ready()]
     return released, sorted(units, key=lambda unit: unit.priority)

@@ -271,9 +271,10 @@ class GitHubTracker:
         seen: set[int] = set()
         found: list[Issue] = []
         with _api_errors(f"look for interrupted claims in {self.full_name}"):
-            events = self._repo.get_issues_events()  # newest first
-            for event in islice(events, EVENTS_SCANNED):
-                data = event._rawData
+            recent = [e._rawData for e in islice(self._repo.get_issues_events(), EVENTS_SCANNED)]
+            never = datetime.min.replace(tzinfo=UTC)
+            recent.sort(key=lambda data: _timestamp(data.get("created_at")) or never, reverse=True)
+            for data in recent:  # newest first
                 issue = data.get("issue") or {}
                 number = issue.get("number")
                 if data.get("event") != "unlabeled" or number is None or number in seen:
@@ -380,8 +381,10 @@ class GitHubTracker:
         """The token's account (whose name the fleet's label changes carry); None when the
         token may not read it (a GitHub App installation token)."""
         if self._login is None and self._client is not None:
-            with suppress(*_API_ERRORS):
+            try:
                 self._login = self._client.get_user().login
+            except _API_ERRORS:
+                self._client = None  # do not ask again on every poll
         return self._login
 
     def _handle(self, issue: Issue) -> GithubIssue:
