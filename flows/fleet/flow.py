@@ -171,10 +171,8 @@ def fleet_plan(
     `worker` names the one worker of a `resolve-issue` run instead of the slot names."""
     settings = connection.settings
     ctx = fleet_context(connection, report_dir)
-    if issues is None and settings.requeue_interrupted_claims:
-        requeued = requeue_interrupted_claims(connection.tracker)
-        if requeued:
-            print(f"put back in the queue (interrupted claims): {_numbers(requeued)}")
+    if issues is None and (requeued := requeue_if_enabled(connection)):
+        print(f"put back in the queue (interrupted claims): {_numbers(requeued)}")
     found = connection.tracker.list_ready() if issues is None else issues
     units = [IssueUnit(issue, issue.priority(settings.labels.priority_prefix)) for issue in found]
 
@@ -245,11 +243,18 @@ def sweep_then_ready(
     """Release the issues of lost runs and interrupted claims; then the ready issues as
     units, urgent first."""
     released = sweep_lost_runs(client, target.id, connection.source, connection.tracker)
-    if connection.settings.requeue_interrupted_claims:
-        released += requeue_interrupted_claims(connection.tracker)
+    released += requeue_if_enabled(connection)
     prefix = connection.settings.labels.priority_prefix
     units = [IssueUnit(i, i.priority(prefix)) for i in connection.tracker.list_ready()]
     return released, sorted(units, key=lambda unit: unit.priority)
+
+
+def requeue_if_enabled(connection: Connection) -> list[int]:
+    """Put interrupted claims back in the queue when the config asks for it (see
+    `requeue_interrupted_claims`); the numbers of those issues."""
+    if not connection.settings.requeue_interrupted_claims:
+        return []
+    return requeue_interrupted_claims(connection.tracker)
 
 
 def queue_for(target: DeploymentResponse, unit: IssueUnit) -> str | None:
