@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,16 +133,6 @@ class _DropRunLogs(logging.Filter):
         return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
-def task_runner(max_parallel: int) -> ThreadPoolTaskRunner[Any]:
-    """A bounded thread pool for `max_parallel` units (Prefect's default is unbounded).
-
-    Three threads per slot: a unit's slot passes to the next one as soon as its work is
-    done, while its own thread still records the end of its task run (and Prefect warns
-    when a pool is full and a task run submits another).
-    """
-    return ThreadPoolTaskRunner(max_workers=3 * max_parallel)
-
-
 # --- work units as task runs ------------------------------------------------------------
 
 
@@ -157,49 +147,39 @@ def _unit_state(result: UnitResult) -> State[Any]:
 
 @dataclass
 class UnitTask:
-    """A plain `work(unit, worker) -> UnitResult` as a Prefect task named after its unit.
+    """A plain `work(unit, worker) -> UnitResult` with a Prefect task run named after its
+    unit beside it; use it as a context manager (it owns the threads of both).
+
+    The work goes first: `submit` starts it at once on a thread of its own, and one
+    recorder thread then starts the unit's task run, which waits for the work and ends
+    with its result. Prefect's bookkeeping (about 3 ms of CPU to submit a task run, more
+    to run its engine) is thus off the units' path: a unit's start waits for no task-run
+    submission, and a finished unit hands its slot on before its task run is recorded as
+    ended (they still share the GIL). The task run's times in Prefect are a little later
+    than the work's; the report has the real ones. The report follows the work: a task
+    run that crashes, or cannot be submitted, changes nothing of its unit (it is logged).
 
     The task run ends Failed when the unit failed (so the UI shows it red) but still
     carries the result; retries and timeouts are the work function's own business, so
     attempts are counted exactly and Prefect never retries on top. The task takes the
     unit's label and index rather than the unit itself: Prefect walks every parameter
     of every task run, which costs measurable CPU at a thousand units.
-
-    The critical path goes first: a unit reports its result (freeing its slot for the
-    next unit) before Prefect records the end of its task run, and that recording waits
-    until the units its report started have begun their work (at most `settle_s`), so
-    the bookkeeping of finished units does not compete with the start of the next ones.
     """
 
     work: Callable[[Any, str], UnitResult]
     units: Sequence[Any]
     name: str
-    settle_s: float = 0.05
-    # units submitted whose work has not begun yet, with whom to report their result to
-    _reporters: dict[int, Callable[[Any], None]] = field(default_factory=dict)
-    _changed: threading.Condition = field(default_factory=threading.Condition)
-    _local: threading.local = field(default_factory=threading.local)  # who submitted what
-    # Units are submitted from the threads of units that just finished; they must be
-    # submitted in the leader's context, or Prefect would make each the child of the last.
+    max_parallel: int
+    task_run_threads: int | None = None  # default: two per slot (one for a run still ending)
+    _outcomes: dict[int, Future[UnitResult]] = field(default_factory=dict)  # of the work
+    # Units are started from the threads of units that just finished; they must start in
+    # the leader's context, or Prefect would make each task run the child of the last.
     _leader_context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    _exit_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def __post_init__(self) -> None:
         def run_unit(label: str, index: int, worker: str) -> State[Any]:
-            with self._changed:
-                reporter = self._reporters.pop(index)
-                self._changed.notify_all()
-            result = self.work(self.units[index], worker)
-            self._local.submitted = []
-            try:
-                reporter(result)  # may start the next units, from this thread
-                started = self._local.submitted
-            finally:
-                self._local.submitted = None
-            with self._changed:
-                self._changed.wait_for(
-                    lambda: not any(i in self._reporters for i in started), timeout=self.settle_s
-                )
-            return _unit_state(result)
+            return _unit_state(self._outcomes[index].result())  # raises what the work raised
 
         run_unit.__name__ = run_unit.__qualname__ = self.name
         self.task: Task[..., Any] = task(
@@ -210,42 +190,99 @@ class UnitTask:
             retries=0,
         )(run_unit)
 
-    def submit(
-        self,
-        runner: ThreadPoolTaskRunner[Any],
-        index: int,
-        worker: str,
-        reporter: Callable[[Any], None],
-    ) -> Future[Any]:
+    def __enter__(self) -> UnitTask:
+        """Start the threads: exits in reverse, so the work ends, then the recorder, then
+        the task runs."""
+        stack = self._exit_stack
+        threads = self.task_run_threads or 2 * self.max_parallel
+        self._runner: ThreadPoolTaskRunner[Any] = stack.enter_context(
+            ThreadPoolTaskRunner(max_workers=threads)
+        )
+        self._recorder = stack.enter_context(
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-runs")
+        )
+        # two per slot: a unit that reports its result starts the next one before its own
+        # thread is free
+        self._unit_threads = stack.enter_context(
+            ThreadPoolExecutor(max_workers=2 * self.max_parallel, thread_name_prefix="unit")
+        )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._exit_stack.close()
+
+    def submit(self, index: int, worker: str, reporter: Callable[[Any], None]) -> Future[Any]:
         """Start unit `index` on `worker`. `reporter` gets its result as soon as the work
-        function returns; the future resolves once the task run has ended too."""
+        function returns; the future resolves with that result (or what the work raised)
+        once the task run has ended too. A task run that crashes is only logged: the
+        report follows the work."""
         unit = self.units[index]
-        with self._changed:
-            self._reporters[index] = reporter
-        if (submitted := getattr(self._local, "submitted", None)) is not None:
-            submitted.append(index)
-        parameters = {"label": unit_label(unit), "index": index, "worker": worker}
-        try:
-            prefect_future = self._leader_context.copy().run(runner.submit, self.task, parameters)
-        except BaseException:
-            with self._changed:
-                self._reporters.pop(index, None)
-            raise
-        assert isinstance(prefect_future, PrefectConcurrentFuture)
-        result: Future[Any] = Future()
+        outcome: Future[UnitResult] = Future()
 
-        def resolve(done: Future[Any]) -> None:
-            with self._changed:  # a run that ended without running the unit
-                if self._reporters.pop(index, None) is not None:
-                    self._changed.notify_all()
+        def run_work() -> None:
             try:
-                state: State[Any] = done.result()
-                result.set_result(state_result(state))
-            except BaseException as exc:
-                result.set_exception(exc)
+                result = self.work(unit, worker)
+            except BaseException as exc:  # the scheduler reports it when the future fails
+                outcome.set_exception(exc)
+                return
+            try:
+                reporter(result)  # may start the next units, from this thread
+            finally:
+                outcome.set_result(result)  # after the report: `ended` never comes first
 
-        prefect_future.wrapped_future.add_done_callback(resolve)
-        return result
+        ended: Future[Any] = Future()
+        parameters = {"label": unit_label(unit), "index": index, "worker": worker}
+        self._outcomes[index] = outcome
+        self._recorder.submit(
+            self._leader_context.copy().run, self._start_task_run, parameters, outcome, ended
+        )
+        try:  # last: nothing after it may fail and free the slot of a running unit
+            self._unit_threads.submit(self._leader_context.copy().run, run_work)
+        except BaseException as exc:
+            outcome.set_exception(exc)  # its task run ends at once, with this
+            raise
+        return ended
+
+    def _start_task_run(
+        self, parameters: dict[str, Any], outcome: Future[UnitResult], ended: Future[Any]
+    ) -> None:
+        """Submit the unit's task run; `ended` resolves when both it and the work have."""
+        label = parameters["label"]
+
+        def finish(task_run_problem: str | None) -> None:
+            self._outcomes.pop(parameters["index"], None)
+            if task_run_problem is not None:
+                log.warning("the task run of %s crashed: %s", label, task_run_problem)
+            _copy_outcome(outcome, ended)
+
+        try:
+            prefect_future = self._runner.submit(self.task, parameters)
+            assert isinstance(prefect_future, PrefectConcurrentFuture)
+            prefect_future.wrapped_future.add_done_callback(
+                lambda done: outcome.add_done_callback(lambda _: finish(_crash_of(done)))
+            )
+        except BaseException as exc:  # the unit still runs and reports, without a task run
+            log.warning("no task run for %s: %r", label, exc)
+            outcome.add_done_callback(lambda _: finish(None))
+
+
+def _crash_of(task_run: Future[Any]) -> str | None:
+    """Why a task run crashed (its engine broke), if it did; a Failed unit is no crash."""
+    error = task_run.exception()
+    if error is not None:
+        return repr(error)
+    state = task_run.result()
+    if isinstance(state, State) and state.is_crashed():
+        return state.message or state.name
+    return None
+
+
+def _copy_outcome(source: Future[Any], target: Future[Any]) -> None:
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 def unit_label(unit: Any) -> str:
@@ -263,6 +300,11 @@ def state_result(state: State[Any]) -> Any:
 
 
 PROGRESS_SETTLE_S = 0.03
+# A busy server answers some writes with a transient error (SQLite locked, a 5xx, a read
+# timeout): an artifact call is tried again after these pauses before it is given up.
+ARTIFACT_RETRY_DELAYS_S = (0.5, 2.0)
+# How long the end of a run waits for queued artifact calls (the report among them).
+ARTIFACT_FLUSH_TIMEOUT_S = 120.0
 
 
 def artifact_key(*parts: str) -> str:
@@ -277,8 +319,8 @@ class ArtifactPublisher:
     API calls never sit on a worker's critical path: callers enqueue and return at once.
     Progress updates are coalesced (only the newest value is sent) and wait a moment
     before they go, so that units finishing together share one request, sent after the
-    next units have started. A failed call is
-    logged and dropped; artifacts must never fail the run.
+    next units have started. A failed call is tried again (`ARTIFACT_RETRY_DELAYS_S`),
+    then logged and dropped; artifacts must never fail the run.
     """
 
     def __init__(self, flow_run_id: UUID | None, client: SyncPrefectClient | None = None):
@@ -326,10 +368,15 @@ class ArtifactPublisher:
             self._finished = True
             self._jobs.put(None)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = ARTIFACT_FLUSH_TIMEOUT_S) -> None:
         """Send everything queued, then stop."""
         self.finish()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "artifacts of flow run %s were not all published: the Prefect API did not "
+                "answer within %g s", self.flow_run_id, timeout,
+            )  # fmt: skip
 
     def _send_progress(self, client: SyncPrefectClient) -> None:
         time.sleep(PROGRESS_SETTLE_S)
@@ -357,10 +404,21 @@ class ArtifactPublisher:
         with contextlib.ExitStack() as stack:
             client = self._client or stack.enter_context(get_client(sync_client=True))
             while (job := self._jobs.get()) is not None:
-                try:
-                    job(client)
-                except Exception as exc:
-                    log.warning("could not publish an artifact: %s", exc)
+                self._run(job, client)
+
+    def _run(self, job: Callable[[SyncPrefectClient], None], client: SyncPrefectClient) -> None:
+        for pause in (*ARTIFACT_RETRY_DELAYS_S, None):
+            try:
+                job(client)
+                return
+            except Exception as exc:
+                if pause is None:
+                    log.warning(
+                        "could not publish an artifact of flow run %s: %s: %s",
+                        self.flow_run_id, type(exc).__name__, exc,
+                    )  # fmt: skip
+                    return
+                time.sleep(pause)
 
 
 def _json_table(rows: list[dict[str, Any]]) -> str:
@@ -505,12 +563,31 @@ def wait_until_recorded(flow_run_id: UUID, expected_task_runs: int, timeout: flo
 
 
 def drain_prefect_workers(timeout: float = 30) -> None:
-    """Send the events and logs this process still holds."""
+    """Send the events and logs this process still holds.
+
+    Prefect's services warn "Still processing items" whenever one is stopped with items
+    queued, which is the normal case here: we wait for those items, so the warning is
+    silenced while we do (errors still show)."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    EventsWorker.drain_all(timeout=timeout)
-    APILogWorker.drain_all(timeout=timeout)
+    with _quiet_loggers(EventsWorker.__name__, APILogWorker.__name__):
+        EventsWorker.drain_all(timeout=timeout)
+        APILogWorker.drain_all(timeout=timeout)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Only errors from the loggers `names` inside the block (their levels restored)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _free_port() -> int:

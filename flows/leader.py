@@ -1,9 +1,10 @@
 """The generic leader: matrix -> setup -> tiers of mapped workers -> report.
 
 Both jobs are this pattern; only the work unit differs (a shell command, or an issue for
-an agent). `lead` runs inside a Prefect flow run: the setup and every unit are task runs
-named after their matrix entry, the scheduler bounds parallelism with worker slots, and
-artifacts (tier tables, live progress, the markdown report) are published on the way.
+an agent). `lead` runs inside a Prefect flow run: the setup is a task run and every unit
+has one beside it, named after its matrix entry; the scheduler bounds parallelism with
+worker slots, and artifacts (tier tables, live progress, the markdown report) are
+published on the way.
 """
 
 from __future__ import annotations
@@ -180,12 +181,9 @@ def _run_tiers(
 ) -> tuple[list[R], list[TierTiming]]:
     units = plan.units
     index = {id(unit): position for position, unit in enumerate(units)}
-    worker_task = _prefect.UnitTask(plan.work, units, f"{plan.kind}-worker")
-    with _prefect.task_runner(plan.max_parallel) as runner:
+    with _prefect.UnitTask(plan.work, units, f"{plan.kind}-worker", plan.max_parallel) as tasks:
         scheduler: Scheduler[U, R] = Scheduler(
-            submit=lambda unit, worker, report: worker_task.submit(
-                runner, index[id(unit)], worker, report
-            ),
+            submit=lambda unit, worker, report: tasks.submit(index[id(unit)], worker, report),
             skipped=plan.skipped,
             crashed=plan.crashed,
             max_parallel=plan.max_parallel,
