@@ -85,7 +85,9 @@ def full_page_screenshot(page: Any, path: Path) -> None:
     page.set_viewport_size(VIEWPORT)
 
 
-def wait_for_records(flow_run_id: str, task_runs: int, report_key: str) -> tuple[str, str]:
+def wait_for_records(
+    flow_run_id: str, task_runs: int, report_key: str, cli_output: str
+) -> tuple[str, str]:
     """Wait until the server has every task run and the report artifact (events are
     ingested asynchronously); returns the flow run's name and the artifact's id."""
     flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
@@ -100,7 +102,8 @@ def wait_for_records(flow_run_id: str, task_runs: int, report_key: str) -> tuple
                 return flow_run.name, str(artifacts[report_key].id)
             assert time.monotonic() < deadline, (
                 f"server recorded {len(terminal)}/{task_runs} task runs and artifacts "
-                f"{sorted(map(str, artifacts))} of flow run {flow_run_id}"
+                f"{sorted(map(str, artifacts))} of flow run {flow_run_id}; the CLI printed:\n"
+                f"{cli_output}"
             )
             time.sleep(0.2)
 
@@ -140,7 +143,9 @@ def test_flow_run_page_shows_matrix_names_and_rendered_report(
     names = [f"p{task['priority']} {task['name']}" for task in ran]
     setup_runs = 0 if report["setup"]["status"] == "none" else 1
     report_key = artifact_key(report["kind"], report["name"], "report")
-    flow_run_name, artifact_id = wait_for_records(flow_run_id, len(ran) + setup_runs, report_key)
+    flow_run_name, artifact_id = wait_for_records(
+        flow_run_id, len(ran) + setup_runs, report_key, run.stdout + run.stderr
+    )
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)

@@ -1,0 +1,81 @@
+"""ArtifactPublisher: what a flow run publishes arrives even when the API stumbles, and a
+call that keeps failing is reported, never raised into the run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+
+from flows import _prefect
+from flows._prefect import ArtifactPublisher
+
+
+class FlakyClient:
+    """Records artifacts; the first `failures` calls raise as a busy server's would."""
+
+    def __init__(self, failures: int = 0, block: threading.Event | None = None):
+        self.failures = failures
+        self.block = block
+        self.created: list[Any] = []
+
+    def create_artifact(self, artifact: Any) -> Any:
+        if self.block is not None:
+            self.block.wait()
+        if self.failures:
+            self.failures -= 1
+            raise httpx.HTTPStatusError(
+                "500 Internal Server Error (database is locked)",
+                request=httpx.Request("POST", "http://127.0.0.1:1/api/artifacts/"),
+                response=httpx.Response(500),
+            )
+        self.created.append(artifact)
+        return artifact
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_prefect, "ARTIFACT_RETRY_DELAYS_S", (0.01, 0.01))
+
+
+def test_an_artifact_call_that_fails_transiently_is_tried_again() -> None:
+    client = FlakyClient(failures=2)
+    publisher = ArtifactPublisher(uuid4(), client)  # type: ignore[arg-type]
+    publisher.markdown("pipeline-demo-report", "# Report", "pipeline report: demo")
+    publisher.close(timeout=10)
+    assert [a.key for a in client.created] == ["pipeline-demo-report"]
+    assert client.created[0].data == "# Report"
+
+
+def test_a_call_that_keeps_failing_is_logged_and_the_next_ones_still_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flow_run_id = uuid4()
+    client = FlakyClient(failures=3)  # every attempt of the first artifact
+    publisher = ArtifactPublisher(flow_run_id, client)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger=_prefect.__name__):
+        publisher.table("pipeline-demo-tier-1", [{"task": "lint"}], "tier 1")
+        publisher.markdown("pipeline-demo-report", "# Report", "pipeline report: demo")
+        publisher.close(timeout=10)
+    assert [a.key for a in client.created] == ["pipeline-demo-report"]
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(flow_run_id) in warning and "HTTPStatusError" in warning, warning
+
+
+def test_close_says_so_when_the_api_does_not_answer_in_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flow_run_id = uuid4()
+    unblock = threading.Event()
+    client = FlakyClient(block=unblock)
+    publisher = ArtifactPublisher(flow_run_id, client)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger=_prefect.__name__):
+        publisher.markdown("pipeline-demo-report", "# Report", "pipeline report: demo")
+        publisher.close(timeout=0.2)
+    unblock.set()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(flow_run_id) in warning and "did not answer within 0.2 s" in warning, warning
