@@ -2,9 +2,10 @@
 tier, never more than `max_parallel` at once, with continue-on-error and fail-fast.
 
 It knows nothing of Prefect: `submit(unit, worker, report)` starts a unit and returns a
-`concurrent.futures.Future`; the leader passes one that runs a Prefect task, tests pass
-a plain thread pool. Each running unit holds a named worker slot ("worker-01"...), which
-is both the concurrency limit and the identity the reports and workspaces use.
+`concurrent.futures.Future`; the leader passes one that also gives the unit a Prefect
+task run, tests pass a plain thread pool. Each running unit holds a named worker slot
+("worker-01"...), which is both the concurrency limit and the identity the reports and
+workspaces use.
 
 A unit's slot is free the moment its work is done: `report(result)`, called by the
 worker as soon as it has its result, starts the next unit on that slot while the
@@ -216,6 +217,8 @@ class _TierRun(Generic[U, R]):
         return [self._results[unit.name] for unit in units]
 
     def _fail(self, error: BaseException) -> None:
+        """A callback broke: start nothing more, and let wait() raise `error`."""
+        self._halt.stop_now(f"the run failed: {error!r}")
         with self._changed:
             self._error = self._error or error
             self._draining = False
@@ -255,6 +258,9 @@ class _TierRun(Generic[U, R]):
             self._scheduler._judge(result, unit, self._halt)
             for observer in self._scheduler.observers:
                 observer.unit_finished(result)
+        except BaseException as exc:  # raised by wait(): the reporting thread may drop it
+            self._fail(exc)
+            raise
         finally:  # the slot and the result are never lost, even to a broken observer
             self._record(unit, result)
             self.release(worker)  # after the halt decision, so the next unit sees it

@@ -213,20 +213,22 @@ def test_a_reported_result_frees_the_slot_before_the_bookkeeping_ends() -> None:
     assert [r.worker for r in outcome[0]] == ["worker-01", "worker-01"]
 
 
-def test_a_broken_observer_fails_the_run_instead_of_hanging_it() -> None:
+@pytest.mark.parametrize("broken_hook", ["unit_started", "unit_finished"])
+def test_a_broken_observer_fails_the_run_instead_of_hanging_it(broken_hook: str) -> None:
     class Broken:
         def run_started(self, flow_run_id: str | None) -> None:
             pass
 
         def unit_started(self, unit: Unit, worker: str) -> None:
-            if unit.name == "u3":
+            if broken_hook == "unit_started" and unit.name == "u3":
                 raise RuntimeError("observer bug")
 
         def unit_heartbeat(self, worker: str, activity: str, cost_usd: float) -> None:
             pass
 
         def unit_finished(self, result: UnitResult) -> None:
-            pass
+            if broken_hook == "unit_finished" and result.name == "u3":
+                raise RuntimeError("observer bug")
 
     units = [Unit(f"u{i}", 1, 0.01) for i in range(6)]
     with ThreadPoolExecutor(max_workers=4) as pool:
