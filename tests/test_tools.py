@@ -56,6 +56,14 @@ def test_schemas_are_in_the_messages_api_format(box: Toolbox) -> None:
     assert argv["type"] == "array" and argv["items"] == {"type": "string"}
 
 
+def test_schemas_are_built_once_but_handed_out_as_copies(box: Toolbox) -> None:
+    first = box.schemas()
+    first[0]["cache_control"] = {"type": "ephemeral"}
+    first[0]["input_schema"]["properties"].clear()
+    again = box.schemas()
+    assert "cache_control" not in again[0] and again[0]["input_schema"]["properties"]
+
+
 def test_read_write_edit_list_search(box: Toolbox, workspace: Path) -> None:
     read = box.call("read_file", {"path": "src/app.py"})
     assert not read.is_error

@@ -13,7 +13,9 @@ rights, so isolating the process (container, user) is the deployment's job.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -137,6 +139,16 @@ _TOOLS = (
 )
 
 
+@functools.cache
+def _tool_schemas() -> tuple[dict[str, Any], ...]:
+    """The tools in the Messages API's format, built once: pydantic generates a JSON
+    schema in milliseconds, which a fleet of short agents would pay on every run."""
+    return tuple(
+        {"name": t.name, "description": t.description, "input_schema": _schema(t.input_model)}
+        for t in _TOOLS
+    )
+
+
 def _schema(model: type[_Input]) -> dict[str, Any]:
     schema = model.model_json_schema()
     schema.pop("title", None)
@@ -184,11 +196,8 @@ class Toolbox:
         return f"Toolbox({str(self.root)!r})"
 
     def schemas(self) -> list[dict[str, Any]]:
-        """The tools in the Messages API's format."""
-        return [
-            {"name": t.name, "description": t.description, "input_schema": _schema(t.input_model)}
-            for t in _TOOLS
-        ]
+        """The tools in the Messages API's format (copies: callers may add to them)."""
+        return copy.deepcopy(list(_tool_schemas()))
 
     def call(self, name: str, tool_input: Any) -> ToolOutcome:
         """Run one tool call; refusals, bad inputs and unknown tools become error outcomes."""
