@@ -42,6 +42,8 @@ def ensure_remote(workspace: Path) -> str:
     auth = GitAuth()
     run_git(["init", "--quiet", "--bare", f"--initial-branch={DEFAULT_BRANCH}", str(remote)],
             cwd=remote.parent, auth=auth)  # fmt: skip
+    # as on a hosted remote, a push does not run `git gc --auto` (a process per push)
+    run_git(["config", "receive.autogc", "false"], cwd=remote, auth=auth)
     with tempfile.TemporaryDirectory(prefix="testbed-") as tmp:
         seed = Path(tmp)
         (seed / "README.md").write_text("# Demo repository for the fleet's test mode\n")
