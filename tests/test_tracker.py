@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from github import Auth, Github
 
+import flows.fleet.tracker as tracker_module
 from flows.fleet.models import Issue
 from flows.fleet.tracker import (
     GitHubTracker,
@@ -327,6 +328,28 @@ def test_a_claim_whose_reply_was_lost_goes_back_to_the_queue(clients: list[Githu
         assert "interrupted" in fake.comments[lost.number][-1]
         assert requeue_interrupted_claims(tracker, older_than_s=0) == []  # ready again
         assert tracker.claim(lost, "fleet-a/worker-02")
+
+
+def test_the_sweep_reads_events_back_to_its_horizon_not_a_fixed_count(
+    clients: list[Github], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost claim under 350 later events (a busy repository, or a large fleet's own label
+    changes) is still found; events older than the horizon are not read at all."""
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    with FakeGitHub(token=TOKEN, owner="acme", repo="widgets",
+                    clock_start=an_hour_ago) as fake:  # fmt: skip
+        for name in LABELS.names():
+            fake.add_label(name)
+        tracker = GitHubTracker.connect(make_client(fake, clients), "acme/widgets", LABELS)
+        lost, busy = ready_issue(fake, "lost"), ready_issue(fake, "busy")
+        fake.lose_next_reply()
+        assert tracker.claim(lost, "fleet-a/worker-01") is False
+        for _ in range(350):  # each a second later than the one before
+            fake.unlabel(busy.number, "triage", actor="a-bot")
+        assert [i.number for i in tracker.interrupted_claims(older_than_s=0)] == [lost.number]
+        # a horizon 3 minutes after the claim: the sweep stops at the first older event
+        monkeypatch.setattr(tracker_module, "EVENTS_HORIZON_S", 3600 - 180.0)
+        assert tracker.interrupted_claims(older_than_s=0) == []
 
 
 def test_a_failed_claim_step_gives_the_issue_back(gh: FakeGitHub, connect: Connect) -> None:

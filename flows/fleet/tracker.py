@@ -52,7 +52,12 @@ CLAIM_PREFIX = "Claimed by "
 # A claim takes its three API calls within seconds (PyGithub's retries included); an issue
 # whose ready label was taken longer ago than this, with no claim since, lost its claim.
 CLAIM_GRACE_S = 600.0
-EVENTS_SCANNED = 300  # recent repository issue events an interrupted-claims sweep reads
+# How far back an interrupted-claims sweep reads the repository's issue events (newest
+# first): a day before the grace period, in at most 30 requests of 100. Every poll sweeps,
+# so a day covers a poller that was down that long; the bound keeps a busy repository (or
+# a large fleet's own label events) from costing more.
+EVENTS_HORIZON_S = 24 * 3600.0
+EVENTS_MAX = 3000
 
 
 class TrackerError(Exception):
@@ -271,7 +276,9 @@ class GitHubTracker:
         seen: set[int] = set()
         found: list[Issue] = []
         with _api_errors(f"look for interrupted claims in {self.full_name}"):
-            recent = [e._rawData for e in islice(self._repo.get_issues_events(), EVENTS_SCANNED)]
+            recent = _events_since(
+                self._repo.get_issues_events(), cutoff - timedelta(seconds=EVENTS_HORIZON_S)
+            )
             never = datetime.min.replace(tzinfo=UTC)
             recent.sort(key=lambda data: _timestamp(data.get("created_at")) or never, reverse=True)
             for data in recent:  # newest first
@@ -486,6 +493,18 @@ def _timestamp(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def _events_since(events: Iterable[Any], horizon: datetime) -> list[dict[str, Any]]:
+    """The raw events of a newest-first listing down to `horizon` (at most EVENTS_MAX)."""
+    recent = []
+    for event in islice(events, EVENTS_MAX):
+        data = event._rawData
+        created = _timestamp(data.get("created_at"))
+        if created is not None and created < horizon:
+            break
+        recent.append(data)
+    return recent
 
 
 def _last_claim(comments: Iterable[str]) -> str | None:
