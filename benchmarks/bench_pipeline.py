@@ -150,16 +150,22 @@ def speedup_series(directory: Path, repeats: int) -> tuple[list[dict[str, Any]],
 
 
 def large_runs(directory: Path, tasks: int) -> list[dict[str, Any]]:
+    from benchmarks.common import CpuMeter, cpu_budget_ms
     from flows._prefect import leader_session
 
+    meter = CpuMeter()
     rows = []
     for max_parallel, target in LARGE:
         config = sleep_config(directory, tasks, 1.0, max_parallel)
         ideal = math.ceil(tasks / max_parallel) * 1.0
+        before = meter.read()
         with leader_session():
             leader_wall, report = time_leader(config, directory / "report-large")
+        leader_cpu = (meter.read() - before).per_unit_ms(tasks)
         tiers_wall = sum(t.wall_s for t in report.tiers)
+        before = meter.read()
         bare_wall = time_bare(max_parallel, tasks, 1.0)
+        bare_cpu = (meter.read() - before).per_unit_ms(tasks)
         with leader_session():
             bare_fast_wall = time_bare(max_parallel, tasks, 1.0)
         row = {
@@ -174,6 +180,9 @@ def large_runs(directory: Path, tasks: int) -> list[dict[str, Any]]:
             "bare_default_share": round(ideal / bare_wall, 3),
             "bare_no_heartbeat_share": round(ideal / bare_fast_wall, 3),
             "target_share": target,
+            "leader_cpu_ms_per_task": leader_cpu,
+            "bare_cpu_ms_per_task": bare_cpu,
+            "cpu_budget_ms": cpu_budget_ms(ideal, target, tasks),
         }
         row["meets_target"] = row["leader_share"] >= target
         rows.append(row)
@@ -252,6 +261,23 @@ def render(results: dict[str, Any]) -> str:
             f"({r['leader_s']:.2f}s) | {r['target_share']:.0%} | {r['bare_default_share']:.1%} "
             f"({r['bare_default_s']:.2f}s) | {r['bare_no_heartbeat_share']:.1%} |"
         )
+    if all("cpu_budget_ms" in r for r in results["large"]):
+        lines += [
+            "",
+            "CPU per task (leader process + commands + Prefect server) against what the "
+            f"{os.cpu_count()} cores give each task when the target is met:",
+            "",
+            "| max_parallel | leader | bare Prefect | budget at the target |",
+            "|---|---|---|---|",
+        ]
+        for r in results["large"]:
+            leader, bare = r["leader_cpu_ms_per_task"], r["bare_cpu_ms_per_task"]
+            lines.append(
+                f"| {r['max_parallel']} | {leader['total']:.1f} ms ({leader['leader']:.1f} + "
+                f"{leader['children']:.1f} + {leader['server']:.1f}) | {bare['total']:.1f} ms "
+                f"({bare['leader']:.1f} + {bare['children']:.1f} + {bare['server']:.1f}) | "
+                f"{r['cpu_budget_ms']:.1f} ms |"
+            )
     ex = results.get("example")
     if ex:
         lines += [

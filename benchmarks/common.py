@@ -1,14 +1,19 @@
-"""What the benchmarks (and the cluster tests) share: a throwaway server database, and a
-server prepared with this project's pool and deployments."""
+"""What the benchmarks (and the cluster tests) share: a throwaway server database, a
+server prepared with this project's pool and deployments, and CPU accounting (where the
+CPU of a run went, against what the machine's cores can give)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "local-process"  # the pool prefect.yaml deploys to
@@ -103,3 +108,64 @@ def prepare_server(env: dict[str, str], init_workers: int, crash_after: int | No
         )
         for run in scheduled:
             client.delete_flow_run(run.id)
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """CPU seconds: this process (the leader), its exited children (commands, git), and the
+    Prefect server it started."""
+
+    leader: float
+    children: float
+    server: float
+
+    def __sub__(self, other: CpuSplit) -> CpuSplit:
+        return CpuSplit(
+            self.leader - other.leader, self.children - other.children, self.server - other.server
+        )
+
+    @property
+    def total(self) -> float:
+        return self.leader + self.children + self.server
+
+    def per_unit_ms(self, units: int) -> dict[str, float]:
+        """Milliseconds of CPU per unit of work, by where they were spent."""
+        parts = {"leader": self.leader, "children": self.children, "server": self.server,
+                 "total": self.total}  # fmt: skip
+        return {name: round(seconds * 1000 / units, 1) for name, seconds in parts.items()}
+
+
+def cpu_budget_ms(ideal_s: float, share: float, units: int) -> float:
+    """CPU milliseconds per unit that this machine's cores provide when `units` must finish
+    within `ideal_s / share`: above that, the target cannot be met here."""
+    return round((os.cpu_count() or 1) * ideal_s / share / units * 1000, 1)
+
+
+class CpuMeter:
+    """Reads a CpuSplit; call `read()` before and after, and subtract."""
+
+    def __init__(self) -> None:
+        me = psutil.Process()
+        self._server = [p for p in me.children(recursive=True) if _is_prefect_server(p)]
+
+    def read(self) -> CpuSplit:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # only those waited for
+        server = 0.0
+        for process in self._server:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                server += times.user + times.system
+        return CpuSplit(
+            leader=own.ru_utime + own.ru_stime,
+            children=children.ru_utime + children.ru_stime,
+            server=server,
+        )
+
+
+def _is_prefect_server(process: psutil.Process) -> bool:
+    try:
+        argv = process.cmdline()
+    except psutil.Error:
+        return False
+    return "prefect" in " ".join(argv) and "server" in argv
