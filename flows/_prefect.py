@@ -98,12 +98,13 @@ def open_publisher(flow_run_id: UUID | None) -> ArtifactPublisher:
 
 
 def release_publisher(publisher: ArtifactPublisher) -> None:
-    """Flush now, or when the session ends if there is one (off the run's wall time)."""
+    """Flush now, or when the session ends if there is one (after the flow run has ended,
+    off its wall time)."""
     session = _session.get()
     if session is None:
         publisher.close()
     else:
-        publisher.finish()
+        publisher.defer()
         session.publishers.append(publisher)
 
 
@@ -333,6 +334,8 @@ class ArtifactPublisher:
         self._progress: tuple[float, str] | None = None
         self._progress_id: UUID | None = None
         self._finished = False
+        self._sending = threading.Event()  # cleared while calls are held back (`defer`)
+        self._sending.set()
         # Prefect settings (the API URL) live in context variables: carry them over.
         context = contextvars.copy_context()
         self._thread = threading.Thread(
@@ -368,9 +371,16 @@ class ArtifactPublisher:
             self._finished = True
             self._jobs.put(None)
 
+    def defer(self) -> None:
+        """Stop accepting work and hold what is queued until `close`: sent while the flow
+        run ends, these calls would slow down its last API calls."""
+        self._sending.clear()
+        self.finish()
+
     def close(self, timeout: float = ARTIFACT_FLUSH_TIMEOUT_S) -> None:
         """Send everything queued, then stop."""
         self.finish()
+        self._sending.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning(
@@ -380,6 +390,7 @@ class ArtifactPublisher:
 
     def _send_progress(self, client: SyncPrefectClient) -> None:
         time.sleep(PROGRESS_SETTLE_S)
+        self._sending.wait()
         with self._progress_lock:
             latest, self._progress = self._progress, None
         if latest is None or self._progress_id is None:
@@ -404,6 +415,7 @@ class ArtifactPublisher:
         with contextlib.ExitStack() as stack:
             client = self._client or stack.enter_context(get_client(sync_client=True))
             while (job := self._jobs.get()) is not None:
+                self._sending.wait()
                 self._run(job, client)
 
     def _run(self, job: Callable[[SyncPrefectClient], None], client: SyncPrefectClient) -> None:

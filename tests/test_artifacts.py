@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 from uuid import uuid4
 
@@ -22,8 +23,10 @@ class FlakyClient:
         self.failures = failures
         self.block = block
         self.created: list[Any] = []
+        self.called = threading.Event()
 
     def create_artifact(self, artifact: Any) -> Any:
+        self.called.set()
         if self.block is not None:
             self.block.wait()
         if self.failures:
@@ -79,3 +82,19 @@ def test_close_says_so_when_the_api_does_not_answer_in_time(
     unblock.set()
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert str(flow_run_id) in warning and "did not answer within 0.2 s" in warning, warning
+
+
+def test_deferred_calls_wait_for_close() -> None:
+    """In a leader session the last calls of a run go after its flow run has ended."""
+    unblock = threading.Event()
+    client = FlakyClient(block=unblock)
+    publisher = ArtifactPublisher(uuid4(), client)  # type: ignore[arg-type]
+    publisher.table("pipeline-demo-tier-1", [{"task": "lint"}], "tier 1")
+    assert client.called.wait(10)  # in flight
+    publisher.markdown("pipeline-demo-report", "# Report", "pipeline report: demo")
+    publisher.defer()
+    unblock.set()
+    time.sleep(0.3)
+    assert [a.key for a in client.created] == ["pipeline-demo-tier-1"]
+    publisher.close(timeout=10)
+    assert [a.key for a in client.created] == ["pipeline-demo-tier-1", "pipeline-demo-report"]
