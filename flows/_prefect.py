@@ -48,6 +48,7 @@ from flows.config import ConfigError
 from flows.report import UnitResult
 
 R = TypeVar("R", bound=UnitResult)
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -333,6 +334,7 @@ class ArtifactPublisher:
         self._progress_lock = threading.Lock()
         self._progress: tuple[float, str] | None = None
         self._progress_id: UUID | None = None
+        self._progress_key = ""
         self._finished = False
         self._sending = threading.Event()  # cleared while calls are held back (`defer`)
         self._sending.set()
@@ -351,10 +353,12 @@ class ArtifactPublisher:
 
     def start_progress(self, key: str, description: str) -> None:
         def create(client: SyncPrefectClient) -> None:
-            self._progress_id = client.create_artifact(
+            artifact = self._call(key, lambda: client.create_artifact(
                 ArtifactCreate(key=key, type="progress", data=0.0, description=description,
                                flow_run_id=self.flow_run_id)
-            ).id  # fmt: skip
+            ))  # fmt: skip
+            self._progress_id = artifact.id if artifact is not None else None
+            self._progress_key = key
 
         self._jobs.put(create)
 
@@ -396,18 +400,19 @@ class ArtifactPublisher:
         if latest is None or self._progress_id is None:
             return
         percent, description = latest
-        client.update_artifact(
-            self._progress_id, ArtifactUpdate(data=percent, description=description)
-        )
+        progress_id = self._progress_id
+        self._call(self._progress_key, lambda: client.update_artifact(
+            progress_id, ArtifactUpdate(data=percent, description=description)
+        ))  # fmt: skip
 
     def _create(self, key: str, kind: str, data: Any, description: str) -> None:
         payload = data if kind != "table" else _json_table(data)
 
         def create(client: SyncPrefectClient) -> None:
-            client.create_artifact(
+            self._call(key, lambda: client.create_artifact(
                 ArtifactCreate(key=key, type=kind, data=payload, description=description,
                                flow_run_id=self.flow_run_id)
-            )  # fmt: skip
+            ))  # fmt: skip
 
         self._jobs.put(create)
 
@@ -416,21 +421,22 @@ class ArtifactPublisher:
             client = self._client or stack.enter_context(get_client(sync_client=True))
             while (job := self._jobs.get()) is not None:
                 self._sending.wait()
-                self._run(job, client)
+                job(client)
 
-    def _run(self, job: Callable[[SyncPrefectClient], None], client: SyncPrefectClient) -> None:
+    def _call(self, key: str, call: Callable[[], T]) -> T | None:
+        """One API call, tried again after a failure; None when it never succeeded."""
         for pause in (*ARTIFACT_RETRY_DELAYS_S, None):
             try:
-                job(client)
-                return
+                return call()
             except Exception as exc:
                 if pause is None:
                     log.warning(
-                        "could not publish an artifact of flow run %s: %s: %s",
-                        self.flow_run_id, type(exc).__name__, exc,
+                        "could not publish artifact %s of flow run %s: %s: %s",
+                        key, self.flow_run_id, type(exc).__name__, exc,
                     )  # fmt: skip
-                    return
+                    return None
                 time.sleep(pause)
+        return None
 
 
 def _json_table(rows: list[dict[str, Any]]) -> str:

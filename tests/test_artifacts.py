@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
 
@@ -17,12 +18,17 @@ from flows._prefect import ArtifactPublisher
 
 
 class FlakyClient:
-    """Records artifacts; the first `failures` calls raise as a busy server's would."""
+    """Records artifacts; the first `failures` creations (`update_failures` updates) raise
+    as a busy server's would."""
 
-    def __init__(self, failures: int = 0, block: threading.Event | None = None):
+    def __init__(
+        self, failures: int = 0, block: threading.Event | None = None, update_failures: int = 0
+    ):
         self.failures = failures
+        self.update_failures = update_failures
         self.block = block
         self.created: list[Any] = []
+        self.updated: list[Any] = []
         self.called = threading.Event()
 
     def create_artifact(self, artifact: Any) -> Any:
@@ -37,7 +43,13 @@ class FlakyClient:
                 response=httpx.Response(500),
             )
         self.created.append(artifact)
-        return artifact
+        return SimpleNamespace(id=uuid4(), key=artifact.key)  # what the API answers
+
+    def update_artifact(self, artifact_id: Any, update: Any) -> None:
+        if self.update_failures:
+            self.update_failures -= 1
+            raise httpx.ReadTimeout("timed out")
+        self.updated.append((artifact_id, update.data, update.description))
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +64,16 @@ def test_an_artifact_call_that_fails_transiently_is_tried_again() -> None:
     publisher.close(timeout=10)
     assert [a.key for a in client.created] == ["pipeline-demo-report"]
     assert client.created[0].data == "# Report"
+
+
+def test_a_failed_progress_update_is_tried_again_with_its_value() -> None:
+    client = FlakyClient(update_failures=1)
+    publisher = ArtifactPublisher(uuid4(), client)  # type: ignore[arg-type]
+    publisher.start_progress("pipeline-demo-progress", "0/4 done")
+    publisher.progress(100.0, "4/4 done")
+    publisher.close(timeout=10)
+    assert [a.key for a in client.created] == ["pipeline-demo-progress"]
+    assert [(data, text) for _, data, text in client.updated] == [(100.0, "4/4 done")]
 
 
 def test_a_call_that_keeps_failing_is_logged_and_the_next_ones_still_go(
