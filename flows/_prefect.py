@@ -333,8 +333,7 @@ class ArtifactPublisher:
         )
         self._progress_lock = threading.Lock()
         self._progress: tuple[float, str] | None = None
-        self._progress_id: UUID | None = None
-        self._progress_key = ""
+        self._progress_artifact: tuple[UUID, str] | None = None  # its id and key, once created
         self._finished = False
         self._sending = threading.Event()  # cleared while calls are held back (`defer`)
         self._sending.set()
@@ -357,8 +356,8 @@ class ArtifactPublisher:
                 ArtifactCreate(key=key, type="progress", data=0.0, description=description,
                                flow_run_id=self.flow_run_id)
             ))  # fmt: skip
-            self._progress_id = artifact.id if artifact is not None else None
-            self._progress_key = key
+            if artifact is not None:
+                self._progress_artifact = (artifact.id, key)
 
         self._jobs.put(create)
 
@@ -397,11 +396,11 @@ class ArtifactPublisher:
         self._sending.wait()
         with self._progress_lock:
             latest, self._progress = self._progress, None
-        if latest is None or self._progress_id is None:
+        if latest is None or self._progress_artifact is None:
             return
         percent, description = latest
-        progress_id = self._progress_id
-        self._call(self._progress_key, lambda: client.update_artifact(
+        progress_id, key = self._progress_artifact
+        self._call(key, lambda: client.update_artifact(
             progress_id, ArtifactUpdate(data=percent, description=description)
         ))  # fmt: skip
 
