@@ -7,13 +7,25 @@ Layout under `root`:
                            shared while a workspace is cloned from it
     <worker>/issue-<N>/    a worker's clone, on branch `ai-feature/issue-<N>`
 
+Two git implementations, split by where the other repository is:
+
+- Work on this disk runs in-process with libgit2 (pygit2): cloning a workspace from the
+  mirror, branching, listing changes, committing, and pushing to a remote that is a local
+  path or `file://` URL (test mode's stand-in for GitHub). No process per step (a git
+  process costs a few ms of CPU, and an issue took eight of them), no hooks and no filter
+  drivers (an agent can write the workspace's `.git/config`, and git would run what it
+  names), no credentials involved.
+- Talking to a network remote runs the git CLI: creating and fetching the mirror, pushing.
+  It brings the user's ssh, proxy and CA setup, a credential helper scoped to the remote's
+  host, and a timeout after which its whole process group is killed.
+
 Clone strategy: a workspace is a plain local clone of the mirror (hardlinked objects, no
 network, no credentials), after which `origin` is pointed at the real clone URL, so pushes
-go to the real remote. `git clone --reference` was not used: it links the workspace to the
-mirror's object store through alternates, and a later `fetch --prune` plus auto-gc in the
-mirror can delete objects a live workspace still needs. `origin/*` in a workspace is
-therefore the remote as of the last `Mirror.ensure()`, which callers run once per fleet
-run; a stale view cannot lose work because pushes use an explicit `--force-with-lease`.
+go to the real remote. Alternates (`git clone --reference`) are not used: a later
+`fetch --prune` plus auto-gc in the mirror could delete objects a live workspace still
+needs. `origin/*` in a workspace is therefore the remote as of the last `Mirror.ensure()`,
+which callers run once per fleet run; a stale view cannot lose work because pushes are
+leased (overwrite only what this workspace last saw).
 
 Credentials: the token never appears in argv, in a URL or in any file. `GitAuth` adds an
 inline credential helper (`-c credential.<scheme://host>.helper=...`, scoped to the
@@ -21,9 +33,10 @@ remote's host) that prints `$GIT_PASSWORD` from the child's environment, after c
 every other configured helper (so none can store the token on disk).
 `GIT_TERMINAL_PROMPT=0` makes a missing or wrong token fail instead of waiting for input.
 
-Every git call runs as an argv list with an explicit cwd, a minimal explicit environment
+Every git process runs as an argv list with an explicit cwd, a minimal explicit environment
 and a timeout; on timeout its process group gets SIGTERM (git removes its lock files),
-then SIGKILL. Failures raise `WorkspaceError` with git's stderr tail, credentials scrubbed.
+then SIGKILL. Failures of either kind raise `WorkspaceError` with git's message, credentials
+scrubbed.
 """
 
 from __future__ import annotations
@@ -40,7 +53,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+
+import pygit2
+from pygit2 import Oid
+from pygit2.enums import DiffOption, RepositoryOpenFlag
 
 from flows.fleet.models import branch_name
 
@@ -74,9 +91,6 @@ CREDENTIAL_HELPER = (
     '!f() { test "$1" = get && '
     'printf \'username=%s\\npassword=%s\\n\' "$GIT_USERNAME" "$GIT_PASSWORD"; }; f'
 )
-# `[<branch> <sha>] <subject>`, `[<branch> (root-commit) <sha>] ...`, `[detached HEAD <sha>]
-# ...`: branch names hold no space, so the first " <hex>]" is the sha.
-_COMMIT_SUMMARY = re.compile(r"\[[^\n]*? ([0-9a-f]{40}|[0-9a-f]{64})\] ")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
 _WORKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -273,75 +287,149 @@ class Workspace:
     timeout: float = NETWORK_TIMEOUT
 
     def changed_files(self) -> list[str]:
-        """Paths that differ from `base`: committed, staged, unstaged and untracked.
-
-        One `git status` answers while HEAD is still at `base` (the usual case: nothing
-        committed yet on a fresh branch); otherwise, or when an entry's worktree-vs-HEAD
-        state is ambiguous, `git diff <base>` adds the tracked side (two calls).
-        """
-        status = self._git(["status", "--porcelain=v2", "-z", "--branch", "--no-ahead-behind",
-                            "--untracked-files=all", "--no-renames"])  # fmt: skip
-        head, tracked, untracked = _parse_status(status)
-        if head is None or head != self.base or tracked is None:
-            diff = self._git(["diff", "--name-only", "--no-renames", "-z", self.base, "--"])
-            tracked = {name for name in diff.split("\0") if name}
-        return sorted(tracked | untracked)
+        """Paths whose content in the worktree differs from `base`, and untracked paths
+        (ignored ones left out): what `git diff <base>` and `git ls-files --others
+        --exclude-standard` list together, whatever was staged or committed since."""
+        with _repository(self.path, "listing changed files") as repo:
+            tree = repo[self.base].peel(pygit2.Tree)
+            diff = tree.diff_to_workdir(flags=_WITH_UNTRACKED)
+            return sorted({p for d in diff.deltas for p in (d.old_file.path, d.new_file.path)})
 
     def commit_all(self, message: str, author_name: str, author_email: str) -> str | None:
-        """Stage everything and commit as author and committer; the new sha, or None when
-        there was nothing to commit. The message goes through stdin, never through argv.
-
-        Two calls: `add` and `commit`, whose summary line carries the full sha
-        (`core.abbrev=no`, git >= 2.31) and which spawns no `git maintenance` (pointless
-        in a workspace that lives minutes). Only when `commit` exits 1 does
-        `diff --cached` tell "nothing to commit" (None) from a real failure (raised).
-        """
-        self._git(["add", "--all", "--", "."])
-        identity = ["-c", f"user.name={author_name}", "-c", f"user.email={author_email}"]
-        quiet = ["-c", "core.abbrev=no", "-c", "maintenance.auto=false"]
-        args = [*identity, *quiet, "commit", "--no-verify", "--file=-"]
-        result = run_git(args, cwd=self.path, auth=self.auth, stdin=message, ok_codes=(0, 1))
-        if result.returncode == 1:
-            staged = run_git(["diff", "--cached", "--quiet"], cwd=self.path, auth=self.auth,
-                             ok_codes=(0, 1))  # fmt: skip
-            if staged.returncode == 0:
+        """Stage everything (`git add --all`) and commit as author and committer; the new
+        sha, or None when there was nothing to commit. The message is cleaned up as
+        `git commit --cleanup=whitespace` does (no line is dropped)."""
+        text = _clean_message(message)
+        with _repository(self.path, "git commit") as repo:
+            index = repo.index
+            index.add_all()
+            index.write()
+            tree = index.write_tree()
+            parent = repo.head.peel(pygit2.Commit)
+            if tree == parent.tree_id:
                 return None
-            raise _failure("git commit", self.path, result, self.auth)
-        summary = _COMMIT_SUMMARY.match(result.stdout)
-        if summary:
-            return summary.group(1)
-        return self._git(["rev-parse", "--verify", "HEAD^{commit}"]).strip()
+            if not text:
+                raise WorkspaceError(f"git commit failed in {self.path}: empty commit message")
+            signature = pygit2.Signature(author_name, author_email)
+            return str(repo.create_commit("HEAD", signature, signature, text, tree, [parent.id]))
 
-    def push(self, force_with_lease: bool = True) -> None:
-        """Push the branch to origin. With `force_with_lease`, overwriting is allowed only
-        if the remote branch is still where we last saw it (absent if we never saw it).
+    def push(self) -> None:
+        """Push the branch to the remote, leased: overwriting is allowed only if the remote
+        branch is still where this workspace last saw it (absent if it never saw it).
 
-        "Where we last saw it" is `refs/remotes/origin/<branch>`, which git reads itself
-        (`--force-with-lease=<ref>` without a value; no tracking ref means the remote
-        branch must not exist) and moves on a successful push, so the lease follows our
-        own pushes. `--no-force-if-includes` keeps a user's `push.useForceIfIncludes`
-        from changing that rule.
+        "Where we last saw it" is `refs/remotes/origin/<branch>`, which a successful push
+        moves, so the lease follows our own pushes. A remote on this disk is pushed to
+        in-process (the lease is checked when libgit2 negotiates the update); a network
+        remote through `git push --force-with-lease`, where `--no-force-if-includes`
+        keeps a user's `push.useForceIfIncludes` from changing that rule.
         """
+        if is_local_url(self.remote_url):
+            self._push_in_process()
+            return
         ref = f"refs/heads/{self.branch}"
-        args = ["push", "--quiet", "--no-verify"]
-        if force_with_lease:
-            args += [f"--force-with-lease={ref}", "--no-force-if-includes"]
-        self._git([*args, "origin", f"{ref}:{ref}"], network=True)
+        lease = [f"--force-with-lease={ref}", "--no-force-if-includes"]
+        run_git(["push", "--quiet", "--no-verify", *lease, "origin", f"{ref}:{ref}"],
+                cwd=self.path, auth=self.auth, url=self.remote_url,
+                timeout=self.timeout)  # fmt: skip
+
+    def _push_in_process(self) -> None:
+        """Push to a repository on this disk: write the objects it lacks, then move its
+        branch in a ref transaction. The transaction holds the ref's lock while the lease
+        is checked, so check and update are one step, as in receive-pack; and unlike a
+        transport push, nothing lists the remote's other refs (a push stays as cheap when
+        the remote has thousands of branches) or leaves a pack behind per push."""
+        ref = f"refs/heads/{self.branch}"
+        tracking = f"refs/remotes/origin/{self.branch}"
+        with _repository(self.path, "git push") as repo, \
+                _repository(_local_path(self.remote_url), "git push") as remote:  # fmt: skip
+            head = repo.references[ref].peel(pygit2.Commit).id
+            seen = repo.references.get(tracking)
+            expected = None if seen is None else seen.peel(pygit2.Commit).id
+            if not remote.is_bare and not remote.head_is_unborn and remote.head.name == ref:
+                raise WorkspaceError(f"git push failed: {ref} is checked out in {remote.workdir}")
+            _copy_missing_objects(repo, remote, head)
+            with remote.transaction() as update:
+                update.lock_ref(ref)
+                current = remote.references.get(ref)
+                found = None if current is None else current.target
+                if found != expected:
+                    raise WorkspaceError(
+                        f"git push failed in {self.path}: {ref} rejected (stale info: this "
+                        f"workspace last saw it {_short(expected)}, the remote has it "
+                        f"{_short(found)})"
+                    )
+                update.set_target(ref, head, message=f"push from {self.path}")
+            repo.references.create(tracking, head, force=True)
 
     def cleanup(self) -> None:
         """Delete the workspace directory (its commits live on only if pushed)."""
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def _git(self, args: list[str], stdin: str | None = None, network: bool = False) -> str:
-        result = run_git(
-            args,
-            cwd=self.path,
-            auth=self.auth,
-            url=self.remote_url if network else "",
-            timeout=self.timeout if network else LOCAL_TIMEOUT,
-            stdin=stdin,
-        )
-        return result.stdout
+
+_WITH_UNTRACKED = DiffOption.INCLUDE_UNTRACKED | DiffOption.RECURSE_UNTRACKED_DIRS
+_GITLINK = 0o160000  # a submodule's commit in a tree: an object of another repository
+
+
+def _copy_missing_objects(source: pygit2.Repository, target: pygit2.Repository, head: Oid) -> None:
+    """Write into `target` every object reachable from `head` that it lacks: commits back
+    to the first one it has, and within trees only the subtrees it lacks (a repository that
+    has a tree has everything below it)."""
+    pending, done = [head], set()
+    while pending:
+        oid = pending.pop()
+        if oid in done or oid in target.odb:
+            continue
+        done.add(oid)
+        obj = source[oid]
+        if isinstance(obj, pygit2.Commit):
+            pending += [obj.tree_id, *obj.parent_ids]
+        elif isinstance(obj, pygit2.Tree):
+            pending += [entry.id for entry in obj if entry.filemode != _GITLINK]
+        elif isinstance(obj, pygit2.Tag):
+            pending.append(obj.target)
+        target.odb.write(obj.type, obj.read_raw())
+
+
+def _short(oid: Oid | str | None) -> str:
+    return "absent" if oid is None else str(oid)[:12]
+
+
+def _local_path(url: str) -> Path:
+    """The directory a local remote URL names (`file://` or a path)."""
+    return Path(unquote(urlsplit(url).path)) if url.startswith("file://") else Path(url)
+
+
+def is_local_url(url: str) -> bool:
+    """Whether git reads `url` as a repository on this machine: a path or a `file://` URL,
+    not `scheme://...` nor scp-like `host:path` (a colon before any slash)."""
+    if "://" in url:
+        return urlsplit(url).scheme == "file"
+    colon, slash = url.find(":"), url.find("/")
+    return colon == -1 or -1 < slash < colon
+
+
+@contextmanager
+def _repository(path: Path, operation: str) -> Iterator[pygit2.Repository]:
+    """The repository at exactly `path` (never a parent's), with libgit2's errors turned
+    into a WorkspaceError that names the operation and the path."""
+    try:
+        repo = pygit2.Repository(os.fspath(path), RepositoryOpenFlag.NO_SEARCH)
+    except pygit2.GitError as exc:
+        raise WorkspaceError(f"{operation} failed in {path}: {exc}") from None
+    try:
+        yield repo
+    except (pygit2.GitError, KeyError, ValueError) as exc:
+        raise WorkspaceError(f"{operation} failed in {path}: {exc}") from None
+    finally:
+        repo.free()
+
+
+def _clean_message(message: str) -> str:
+    """`git commit --cleanup=whitespace`: trailing spaces and leading and trailing blank
+    lines removed, runs of blank lines made one; empty when nothing is left."""
+    text = "\n".join(line.rstrip() for line in message.splitlines()).strip("\n")
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text + "\n" if text else ""
 
 
 def workspace_path(root: Path, worker: str, issue_number: int) -> Path:
@@ -362,10 +450,9 @@ def prepare_workspace(
     continues from it; otherwise the branch starts at `origin/<default_branch>`. A directory
     left by an earlier run is replaced. Call `mirror.ensure()` first.
 
-    Four git calls for a new branch (`for-each-ref` in the mirror, `clone --no-checkout`,
-    `remote set-url`, `checkout -B`), five for a resumed one (`clone --branch` checks the
-    branch out with tracking; `merge-base` finds `base`). `--template=`: no sample hooks and
-    other template files to write (hooks never run here anyway).
+    All in-process: the clone checks out the default branch (or the resumed one, which
+    libgit2 then sets up to track `origin/<branch>`); a new branch starts there with no
+    second checkout, since its files are the same.
     """
     path = workspace_path(root, worker, issue_number)
     branch = branch_name(issue_number)
@@ -374,75 +461,53 @@ def prepare_workspace(
     if path.exists() or path.is_symlink():
         shutil.rmtree(path)  # refuses a symlink: never deletes outside the workspace
     path.parent.mkdir(parents=True, exist_ok=True)
-    auth = mirror.auth
     with _flock(mirror.lock_path, fcntl.LOCK_SH):  # the refs cannot move until cloned
         heads = _branch_heads(mirror, (default_branch, branch))
         default, remote = heads.get(default_branch), heads.get(branch)
         if default is None:
             raise WorkspaceError(f"default branch {default_branch!r} not found in {mirror.path}")
-        how = ["--no-checkout"] if remote is None else ["--branch", branch]
-        run_git(["clone", "--quiet", "--template=", *how, "--", str(mirror.path), str(path)],
-                cwd=path.parent, auth=auth)  # fmt: skip
-    run_git(["remote", "set-url", "origin", mirror.clone_url], cwd=path, auth=auth)
-    if remote is None:
-        base = default
-        run_git(["checkout", "--quiet", "--no-track", "-B", branch, default, "--"],
-                cwd=path, auth=auth)  # fmt: skip
-    else:
-        base = run_git(["merge-base", default, remote], cwd=path, auth=auth).stdout.strip()
+        source = os.fspath(mirror.path.absolute())
+        checkout = default_branch if remote is None else branch
+        try:
+            pygit2.clone_repository(source, os.fspath(path), checkout_branch=checkout).free()
+        except pygit2.GitError as exc:
+            raise WorkspaceError(f"git clone of {source} failed in {path}: {exc}") from None
+    with _repository(path, "creating the branch") as repo:
+        repo.remotes.set_url("origin", mirror.clone_url)
+        if remote is None:
+            base = default
+            start = repo[default].peel(pygit2.Commit)
+            repo.set_head(repo.branches.local.create(branch, start).name)
+        else:
+            common = repo.merge_base(default, remote)
+            if common is None:
+                raise WorkspaceError(f"{branch} shares no history with {default_branch}")
+            base = str(common)
     return Workspace(
         path=path,
         branch=branch,
         base=base,
         remote_url=mirror.clone_url,
         resumed=remote is not None,
-        auth=auth,
+        auth=mirror.auth,
         timeout=mirror.timeout,
     )
 
 
 def _branch_heads(mirror: Mirror, names: Sequence[str]) -> dict[str, str]:
-    """The commits the mirror's branches `names` point to (absent names left out), in
-    one `for-each-ref` call. Call with the mirror lock held."""
-    refs = {f"refs/heads/{name}": name for name in names}
-    out = run_git(["for-each-ref", "--format=%(objecttype) %(objectname) %(refname)", *refs],
-                  cwd=mirror.path, auth=mirror.auth).stdout  # fmt: skip
+    """The commits the mirror's branches `names` point to (absent names left out).
+    Call with the mirror lock held."""
     heads: dict[str, str] = {}
-    for line in out.splitlines():
-        kind, sha, ref = line.split(" ", 2)
-        if kind == "commit" and ref in refs:  # a pattern also matches refs below it
-            heads[refs[ref]] = sha
+    with _repository(mirror.path, "reading the mirror's branches") as repo:
+        for name in names:
+            try:
+                ref = repo.references.get(f"refs/heads/{name}")
+            except ValueError:  # not a valid branch name: there is no such branch
+                continue
+            target = None if ref is None else repo.get(ref.resolve().target)
+            if isinstance(target, pygit2.Commit):
+                heads[name] = str(target.id)
     return heads
-
-
-def _parse_status(text: str) -> tuple[str | None, set[str] | None, set[str]]:
-    """From `git status --porcelain=v2 -z --branch`: HEAD's sha, the tracked paths whose
-    worktree differs from HEAD (None when that cannot be told from the status alone: an
-    entry changed in both index and worktree, a conflict, a rename), untracked paths."""
-    head: str | None = None
-    tracked: set[str] | None = set()
-    untracked: set[str] = set()
-    entries = iter(text.split("\0"))
-    for entry in entries:
-        if entry.startswith("# branch.oid "):
-            oid = entry.removeprefix("# branch.oid ")
-            head = oid if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", oid) else None
-        elif entry.startswith("? "):
-            untracked.add(entry[2:])
-        elif entry.startswith("1 ") and tracked is not None:
-            fields = entry.split(" ", 8)
-            # X is index vs HEAD, Y worktree vs index: with one of them ".", the worktree
-            # differs from HEAD; with both changed it may be back to HEAD's content.
-            if len(fields) == 9 and "." in fields[1]:
-                tracked.add(fields[8])
-            else:
-                tracked = None
-        elif entry.startswith("2 "):
-            next(entries, None)  # the rename's original path
-            tracked = None
-        elif entry.startswith("u "):
-            tracked = None
-    return head, tracked, untracked
 
 
 def _failure(
