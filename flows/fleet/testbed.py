@@ -13,14 +13,18 @@ from flows.fleet.workspace import GitAuth, run_git
 DEFAULT_BRANCH = "main"
 CHECKS_CONFIG = """\
 # The repository's checks: the fleet runs these after each agent attempt.
+# (Shell builtins only: one process per check.)
 name: checks
 tasks:
   - name: changes-present
     priority: 1
-    run: test -n "$(ls changes 2>/dev/null)"
+    run: set -- changes/*.md; test -f "$1" || { echo "no changes/*.md file"; exit 1; }
   - name: changes-titled
     priority: 1
-    run: for f in changes/*.md; do head -n 1 "$f" | grep -q '^# ' || exit 1; done
+    run: >-
+      for f in changes/*.md; do IFS= read -r title < "$f";
+      case "$title" in "# "?*) ;; *) echo "$f: the first line is not a '# ' title"; exit 1;; esac;
+      done
 """
 
 
@@ -36,10 +40,12 @@ def testbed_dir(workspace: Path) -> Path:
 def ensure_remote(workspace: Path) -> str:
     """The bare repository standing in for the GitHub repo; returns its clone URL."""
     remote = testbed_dir(workspace) / "remote.git"
+    auth = GitAuth()
     if (remote / "HEAD").exists():
+        # Each in-process push adds a small pack; repack once they pile up (as a host would).
+        run_git(["gc", "--auto", "--quiet"], cwd=remote, auth=auth)
         return str(remote)
     remote.parent.mkdir(parents=True, exist_ok=True)
-    auth = GitAuth()
     run_git(["init", "--quiet", "--bare", f"--initial-branch={DEFAULT_BRANCH}", str(remote)],
             cwd=remote.parent, auth=auth)  # fmt: skip
     # as on a hosted remote, a push does not run `git gc --auto` (a process per push)
