@@ -587,12 +587,13 @@ class LocalTracker:
 
         <path>                      manifest {"format": ..., "data": "<name>.d"}
         <path>.d/next               the next number; issues and pull requests share one sequence
+                                    (the file is also its own flock)
         <path>.d/issues/<N>.json    one issue: title, body, labels, comments
         <path>.d/pulls/<key>.json   one pull request, keyed by its branch (percent-quoted)
-        <path>.d/locks/             flock files: `next`, `issue-<N>`, `pull-<key>`
+        <path>.d/locks/             flock files: `issue-<N>`, `pull-<key>`
         <path>.lock                 taken by create() only
 
-    Each read-modify-write holds the flock of just the record it changes (the `next` lock for
+    Each read-modify-write holds the flock of just the record it changes (the `next` file for
     a new number), so several processes (several fleets) can share one store and work on
     different issues never waits on a common lock. Files are replaced atomically, so readers
     take no lock and never see half a write.
@@ -879,14 +880,22 @@ class LocalTracker:
         return True
 
     def _take_number(self) -> int:
-        """The next number of the shared sequence, under its own small lock."""
+        """The next number of the shared sequence. The `next` file is its own lock, held
+        for one read and one write in place: every new pull request of every worker waits
+        on this lock, so it is held for as few system calls as possible. (Numbers only
+        grow, so the new text always covers the old.)"""
         file = self._store() / "next"
-        with _flock(self._lock_file("next")):
+        fd = os.open(file, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            text = os.pread(fd, 64, 0)
             try:
-                number = int(file.read_text())
-            except ValueError as exc:
-                raise TrackerError(f"{file}: not a number: {exc}") from exc
-            _write_atomic(file, f"{number + 1}\n".encode())
+                number = int(text)
+            except ValueError:
+                raise TrackerError(f"{file}: not a number: {text[:20]!r}") from None
+            os.pwrite(fd, f"{number + 1}\n".encode(), 0)
+        finally:
+            os.close(fd)  # releases the lock
         return number
 
     def _build(
@@ -952,13 +961,13 @@ def _write_model(file: Path, record: BaseModel) -> None:
 
 
 def _write_atomic(file: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `file`, fsync it, and rename it over `file`."""
+    """Write `data` to a temp file beside `file` and rename it over `file`: readers see the
+    old record or the new one, never part of one. Not fsynced: this is test mode's stand-in
+    for GitHub, and a sync per change would make every worker wait on the disk."""
     fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, file)
     except BaseException:
         with suppress(FileNotFoundError):
