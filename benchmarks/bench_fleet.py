@@ -130,6 +130,15 @@ def render(results: dict[str, Any]) -> str:
         + ". A speedup of 0.95x on 1 worker leaves about 50 ms per issue for that and the "
         "fleet run's own start and end.",
     ]
+    wake = results.get("wake_penalty")
+    if wake:
+        lines += [
+            "",
+            f"This machine during this run: a piece of Python work that takes {wake['warm']:.1f} "
+            f"ms on a busy CPU took {wake['after_idle']:.1f} ms right after {wake['idle_s']:g} s "
+            "of idle (`benchmarks/common.py: wake_penalty_ms`). Each simulated agent sleeps "
+            "twice, so on 1 worker every issue pays that slowdown for the work after each turn.",
+        ]
     large = results["large"]
     mark = "✅" if large["meets_target"] else "❌"
     lines += [
@@ -149,7 +158,8 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"CPU per issue: {cpu['total']:.0f} ms ({cpu['leader']:.0f} ms in the leader "
-            f"process, {cpu['children']:.0f} ms in git, the checks and the stand-in remote, "
+            f"process, {cpu['children']:.0f} ms in child processes: the checks' shells, since "
+            "git runs in-process in test mode; "
             f"{cpu['server']:.0f} ms in the Prefect server). Reaching {large['target']:.0%} "
             f"leaves {large['cpu_budget_ms']:.0f} ms per issue on {os.cpu_count()} cores.",
         ]
@@ -171,7 +181,7 @@ def main() -> int:
         sys.path.insert(0, str(ROOT))
         import prefect
 
-        from benchmarks.common import server_database
+        from benchmarks.common import server_database, wake_penalty_ms
         from flows._prefect import local_server, quiet_run_logs
 
         with server_database(f"bench_fleet_{os.getpid()}") as database, local_server(), \
@@ -182,6 +192,7 @@ def main() -> int:
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 "prefect": prefect.__version__,
+                "wake_penalty": wake_penalty_ms(),
                 "speedup": speedup_series(directory),
             }
             print(f"{args.large_issues} issues:", flush=True)

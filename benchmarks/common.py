@@ -169,3 +169,38 @@ def _is_prefect_server(process: psutil.Process) -> bool:
     except psutil.Error:
         return False
     return "prefect" in " ".join(argv) and "server" in argv
+
+
+def wake_penalty_ms(idle_s: float = 0.5, repeats: int = 7) -> dict[str, float]:
+    """The same small piece of Python work timed on a busy CPU and right after `idle_s` of
+    sleep (medians, ms). On some virtual machines a CPU that has been idle runs several
+    times slower for a while; every simulated agent's sleep pays for that when it wakes."""
+    import statistics
+    import time
+
+    def timed() -> float:
+        started = time.perf_counter()
+        _sample_work()
+        return (time.perf_counter() - started) * 1000
+
+    for _ in range(3):
+        timed()
+    warm = [timed() for _ in range(repeats)]
+    cold = []
+    for _ in range(repeats):
+        time.sleep(idle_s)
+        cold.append(timed())
+    median = statistics.median
+    return {"warm": round(median(warm), 2), "after_idle": round(median(cold), 2), "idle_s": idle_s}
+
+
+def _sample_work() -> None:
+    """What a worker does between agent turns, in small: models, JSON, paths."""
+    import json
+
+    from flows.fleet.models import Issue
+
+    for number in range(1, 30):
+        issue = Issue(number=number, title=f"Issue {number}", body="text " * 40)
+        json.loads(issue.model_dump_json())
+        Path("/tmp", issue.name, "changes", f"{issue.name}.md").resolve()
