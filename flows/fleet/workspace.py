@@ -319,9 +319,9 @@ class Workspace:
 
         "Where we last saw it" is `refs/remotes/origin/<branch>`, which a successful push
         moves, so the lease follows our own pushes. A remote on this disk is pushed to
-        in-process (the lease is checked when libgit2 negotiates the update); a network
-        remote through `git push --force-with-lease`, where `--no-force-if-includes`
-        keeps a user's `push.useForceIfIncludes` from changing that rule.
+        in-process (`_push_in_process`); a network remote through `git push
+        --force-with-lease`, where `--no-force-if-includes` keeps a user's
+        `push.useForceIfIncludes` from changing that rule.
         """
         if is_local_url(self.remote_url):
             self._push_in_process()
