@@ -42,7 +42,7 @@ def ensure_remote(workspace: Path) -> str:
     remote = testbed_dir(workspace) / "remote.git"
     auth = GitAuth()
     if (remote / "HEAD").exists():
-        # Each in-process push adds a small pack; repack once they pile up (as a host would).
+        # In-process pushes write loose objects; pack them once they pile up (as a host would).
         run_git(["gc", "--auto", "--quiet"], cwd=remote, auth=auth)
         return str(remote)
     remote.parent.mkdir(parents=True, exist_ok=True)
