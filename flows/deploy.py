@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--config", type=Path, help="YAML file with a `fleet:` section")
     fleet.add_argument("--repo", help="OWNER/NAME of the GitHub repository (local mode)")
     fleet.add_argument("--workers", type=positive_int, help="parallel agent workers")
+    fleet.add_argument("--processes", type=int, help="child processes that run the workers' "
+                       "issues; 0: threads of the leader (default: by run size)")  # fmt: skip
     fleet.add_argument("--workspace", help="workspace root (default ./parallel_workspace, "
                        "or $WORKSPACE_DIR)")  # fmt: skip
     fleet.add_argument("--report-dir", type=Path, help="default <workspace>/.fleet/report")
@@ -174,6 +176,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
 
     overrides = {
         "mode": args.mode, "repo": args.repo, "workers": args.workers,
+        "processes": args.processes,
         "workspace": args.workspace, "mock_issues": args.mock_issues,
         "agent_seconds": args.agent_seconds, "failure_rate": args.failure_rate,
     }  # fmt: skip

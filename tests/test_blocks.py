@@ -20,7 +20,8 @@ from blocks import (
 )
 from flows.config import ConfigError
 from flows.fleet.config import FleetConfig, LabelNames
-from flows.fleet.credentials import FleetCredentials, load_block, resolve_credentials
+from flows.fleet.connection import FleetCredentials
+from flows.fleet.credentials import load_block, resolve_credentials
 
 TOKEN = "ghp_" + "s3cr3t" * 6
 API_KEY = "sk-ant-" + "k3y" * 10

@@ -157,7 +157,10 @@ def bare_repo(path: Path) -> Path:
     return path
 
 
-def test_local_mode_through_real_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("processes", [0, 1], ids=["threads", "issue-process"])
+def test_local_mode_through_real_clients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int
+) -> None:
     remote = bare_repo(tmp_path / "remote.git")
     secret = "ghp_very-secret-token"
     with FakeGitHub(token=secret, owner="acme", repo="widgets", clone_url=str(remote)) as github, \
@@ -177,6 +180,7 @@ def test_local_mode_through_real_clients(tmp_path: Path, monkeypatch: pytest.Mon
         overrides: dict[str, Any] = {
             "mode": "local", "repo": "acme/widgets", "workers": 1,
             "workspace": str(tmp_path / "ws"), "model": "claude-sonnet-4-6",
+            "processes": processes,
         }  # fmt: skip
         with leader_session():
             state = fleet(overrides=overrides, report_dir=str(tmp_path / "report"),
@@ -198,7 +202,10 @@ def test_local_mode_through_real_clients(tmp_path: Path, monkeypatch: pytest.Mon
             assert secret.encode() not in path.read_bytes(), path
 
 
-def test_workers_report_a_heartbeat_per_stage_and_agent_turn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [0, 2], ids=["threads", "issue-processes"])
+def test_workers_report_a_heartbeat_per_stage_and_agent_turn(
+    tmp_path: Path, processes: int
+) -> None:
     beats: list[tuple[str, str, float]] = []
 
     class Recorder:
@@ -215,7 +222,7 @@ def test_workers_report_a_heartbeat_per_stage_and_agent_turn(tmp_path: Path) -> 
             pass
 
     overrides = {"mode": "test", "workspace": str(tmp_path / "ws"), "workers": 2,
-                 "agent_seconds": 0.02, "mock_issues": 2}  # fmt: skip
+                 "agent_seconds": 0.02, "mock_issues": 2, "processes": processes}  # fmt: skip
     with leader_session(), observing(Recorder()):
         state = fleet(overrides=overrides, report_dir=str(tmp_path / "report"), return_state=True)
     report = state_result(state)

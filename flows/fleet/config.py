@@ -36,6 +36,12 @@ class FleetConfig(BaseModel):
     mode: Literal["test", "local", "distributed"] = "test"
     repo: str | None = Field(default=None, pattern=REPO_PATTERN, description="OWNER/NAME")
     workers: PositiveInt = 3
+    processes: NonNegativeInt | None = Field(
+        default=None,
+        description="child processes that run the workers' issues (0: threads of the "
+        "leader); default: one per CPU core for runs of 100 issues or more on 8 workers "
+        "or more, else 0",
+    )
     workspace: str = Field(default="./parallel_workspace", description="or $WORKSPACE_DIR")
     keep_failed_workspaces: bool = True
     labels: LabelNames = Field(default_factory=LabelNames)

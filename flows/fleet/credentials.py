@@ -9,12 +9,11 @@ and labels, the agent block's model and budgets replace the YAML's (`apply`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TypeVar
 
 from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from blocks.fleet import (
     FleetAgent,
@@ -25,41 +24,11 @@ from blocks.fleet import (
 )
 from flows._prefect import api_url_for_messages
 from flows.config import ConfigError, format_loc
-from flows.fleet.config import FleetConfig, LabelNames
+from flows.fleet.config import FleetConfig
+from flows.fleet.connection import FleetCredentials
 
 BlockT = TypeVar("BlockT", bound=Block)
 ENVIRONMENT = "environment"
-
-
-@dataclass(frozen=True)
-class FleetCredentials:
-    """What the fleet needs to reach GitHub and Claude; secrets stay `SecretStr`."""
-
-    repo: str
-    github_token: SecretStr
-    github_api_url: str
-    labels: LabelNames
-    anthropic_api_key: SecretStr
-    anthropic_base_url: str | None
-    model: str
-    max_tokens: int
-    max_turns: int
-    budget_usd_per_issue: float
-    github_source: str  # "block fleet-github/NAME" or "environment"
-    agent_source: str  # "block fleet-agent/NAME" or "environment"
-
-    def apply(self, settings: FleetConfig) -> FleetConfig:
-        """The settings with the repository, labels and model settings resolved here."""
-        return settings.model_copy(
-            update={
-                "repo": self.repo,
-                "labels": self.labels,
-                "model": self.model,
-                "max_tokens": self.max_tokens,
-                "max_turns": self.max_turns,
-                "budget_usd_per_issue": self.budget_usd_per_issue,
-            }
-        )
 
 
 def resolve_credentials(settings: FleetConfig, env: Mapping[str, str]) -> FleetCredentials:

@@ -15,7 +15,6 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,9 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 
 from flows.config import ConfigError
-from flows.fleet.agent import Model, load_system_prompt
 from flows.fleet.config import FleetConfig, load_fleet_config, uses_testbed
-from flows.fleet.cost import UnknownModelError, price_for
-from flows.fleet.credentials import FleetCredentials, resolve_credentials
+from flows.fleet.connection import Connection, fleet_context, open_connection
+from flows.fleet.credentials import resolve_credentials
 from flows.fleet.dispatch import (
     PRIORITY_QUEUES,
     RESOLVE_DEPLOYMENT,
@@ -43,43 +41,15 @@ from flows.fleet.dispatch import (
 )
 from flows.fleet.merge import MergeResult, merge_approved
 from flows.fleet.models import Issue, IssueResult
-from flows.fleet.simulated import SimulatedModel, fails
-from flows.fleet.testbed import DEFAULT_BRANCH, ensure_remote, ensure_tracker, testbed_source
-from flows.fleet.tracker import (
-    GitHubTracker,
-    Labels,
-    Tracker,
-    TrackerError,
-    requeue_interrupted_claims,
-)
-from flows.fleet.worker import (
-    FleetContext,
-    IssueUnit,
-    crashed_issue,
-    resolve_issue,
-    skipped_issue,
-)
-from flows.fleet.workspace import GitAuth, Mirror
+from flows.fleet.processes import IssueProcesses, ProcessSpec
+from flows.fleet.tracker import requeue_interrupted_claims
+from flows.fleet.worker import IssueUnit, crashed_issue, resolve_issue, skipped_issue
 from flows.leader import LeaderPlan, heartbeat, lead, report_state
 from flows.report import Report, SetupSummary
 from flows.scheduler import build_tiers
 
 TIER_NAMES = dict(enumerate(PRIORITY_QUEUES, start=1))  # urgent, normal, low
-
-
-@dataclass(frozen=True)
-class Connection:
-    """What a mode provides: where issues come from, where code goes, who writes it, and
-    the settings in effect (the blocks' values applied)."""
-
-    settings: FleetConfig
-    tracker: Tracker
-    clone_url: str
-    default_branch: str
-    auth: GitAuth
-    name: str
-    source: str  # names the issue source in run tags and idempotency keys
-    model_for: Any  # Callable[[Issue], Model]
+AUTO_PROCESSES_FROM = (8, 100)  # workers, issues
 
 
 def connect(settings: FleetConfig) -> Connection:
@@ -88,76 +58,7 @@ def connect(settings: FleetConfig) -> Connection:
     Outside the testbed the credentials come from the configured blocks (or environment),
     and the blocks' repository, labels and model settings win over `settings`."""
     credentials = None if uses_testbed(settings) else resolve_credentials(settings, os.environ)
-    if credentials is not None:
-        settings = credentials.apply(settings)
-    try:
-        price_for(settings.model)
-    except UnknownModelError as exc:
-        raise ConfigError("fleet settings", "model", str(exc)) from None
-    labels = _labels(settings)
-    if credentials is None:
-        root = Path(settings.workspace).resolve()
-        tracker = ensure_tracker(root, settings.mock_issues, labels)  # adds mock_issues more
-        agent_seconds, failure_rate = settings.agent_seconds, settings.failure_rate
-
-        def simulated(issue: Issue) -> Model:
-            return SimulatedModel(issue, agent_seconds, fails(issue, failure_rate))
-
-        return Connection(settings, tracker, ensure_remote(root), DEFAULT_BRANCH, GitAuth(),
-                          "test", testbed_source(root), simulated)  # fmt: skip
-    return _connect_github(settings, labels, credentials)
-
-
-def _connect_github(
-    settings: FleetConfig, labels: Labels, credentials: FleetCredentials
-) -> Connection:
-    import anthropic
-    from github import Auth, Github
-
-    from flows.fleet.claude import ClaudeModel
-
-    token = credentials.github_token.get_secret_value()
-    # GitHub's largest page (PyGithub asks for 30): fewer requests for every list
-    client = Github(base_url=credentials.github_api_url, auth=Auth.Token(token), per_page=100)
-    try:
-        tracker = GitHubTracker.connect(client, credentials.repo, labels)
-    except TrackerError as exc:
-        raise ConfigError("fleet settings", "repo", str(exc)) from None
-    claude = anthropic.Anthropic(
-        api_key=credentials.anthropic_api_key.get_secret_value(),
-        base_url=credentials.anthropic_base_url,
-        max_retries=2,
-    )
-    model = settings.model
-
-    def claude_model(issue: Issue) -> Model:
-        return ClaudeModel(claude, model)
-
-    return Connection(settings, tracker, tracker.clone_url, tracker.default_branch,
-                      GitAuth(token), credentials.repo, tracker.full_name,
-                      claude_model)  # fmt: skip
-
-
-def _labels(settings: FleetConfig) -> Labels:
-    names = settings.labels
-    return Labels(names.ready, names.in_progress, names.review, names.failed)
-
-
-def fleet_context(connection: Connection, report_dir: Path) -> FleetContext:
-    """What every worker of one run shares; the workspace root made absolute."""
-    settings = connection.settings
-    root = Path(settings.workspace).resolve()
-    return FleetContext(
-        settings=settings.model_copy(update={"workspace": str(root)}),
-        tracker=connection.tracker,
-        mirror=Mirror(root, connection.clone_url, connection.auth),
-        default_branch=connection.default_branch,
-        model_for=connection.model_for,
-        system_prompt=load_system_prompt(),
-        claimant=claimant(),
-        report_dir=report_dir,
-        heartbeat=heartbeat,
-    )
+    return open_connection(settings, credentials)
 
 
 def fleet_plan(
@@ -165,16 +66,22 @@ def fleet_plan(
     report_dir: Path,
     issues: list[Issue] | None = None,
     worker: str | None = None,
+    processes: IssueProcesses | None = None,
 ) -> LeaderPlan[IssueUnit, IssueResult]:
-    """Resolve `issues` (default: the ready ones) with agent workers in this process.
+    """Resolve `issues` (default: the ready ones) with agent workers: threads of this
+    process, or of issue processes (started here, when given and worth it: see
+    `process_count`).
 
     `worker` names the one worker of a `resolve-issue` run instead of the slot names."""
     settings = connection.settings
-    ctx = fleet_context(connection, report_dir)
+    ctx = fleet_context(connection, report_dir, claimant(), heartbeat)
     if issues is None and (requeued := requeue_if_enabled(connection)):
         print(f"put back in the queue (interrupted claims): {_numbers(requeued)}")
     found = connection.tracker.list_ready() if issues is None else issues
     units = [IssueUnit(issue, issue.priority(settings.labels.priority_prefix)) for issue in found]
+    children = process_count(settings, len(units)) if processes is not None else 0
+    if processes is not None and children:
+        processes.start(children)  # their start overlaps the setup step
 
     def update_mirror() -> SetupSummary:
         started = time.perf_counter()
@@ -187,7 +94,11 @@ def fleet_plan(
         kind="fleet",
         name=connection.name.replace("/", "-"),
         tiers=build_tiers(units, TIER_NAMES),
-        work=lambda unit, slot: resolve_issue(unit, worker or slot, ctx),
+        work=(
+            (lambda unit, slot: processes.resolve(unit, worker or slot))
+            if processes is not None and children
+            else (lambda unit, slot: resolve_issue(unit, worker or slot, ctx))
+        ),
         skipped=skipped_issue,
         crashed=crashed_issue,
         max_parallel=1 if worker else settings.workers,
@@ -327,7 +238,21 @@ def fleet(
     if settings.mode == "distributed":
         parameters = run_parameters(config_path, overrides or {})
         return report_state(lead(distributed_plan(connection, target, parameters)))
-    return report_state(lead(fleet_plan(connection, target)))
+    spec = ProcessSpec(connection.settings, connection.credentials, target, claimant())
+    with IssueProcesses(spec, heartbeat) as processes:
+        return report_state(lead(fleet_plan(connection, target, processes=processes)))
+
+
+def process_count(settings: FleetConfig, issues: int) -> int:
+    """How many issue processes a run of `issues` issues starts: `processes` when set;
+    by default one per CPU core once a run is big enough (AUTO_PROCESSES_FROM) for what
+    they save to outweigh their start (about a second of CPU each, measured), else none."""
+    if settings.processes is not None:
+        return min(settings.processes, settings.workers, issues)
+    workers, enough = AUTO_PROCESSES_FROM
+    if settings.workers < workers or issues < enough:
+        return 0
+    return min(os.cpu_count() or 1, settings.workers)
 
 
 def run_parameters(config_path: str | None, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -37,9 +37,18 @@ def testbed_dir(workspace: Path) -> Path:
     return workspace / ".testbed"
 
 
+def remote_path(workspace: Path) -> Path:
+    """The bare repository standing in for the GitHub repo (its clone URL)."""
+    return testbed_dir(workspace) / "remote.git"
+
+
+def tracker_path(workspace: Path) -> Path:
+    return testbed_dir(workspace) / "tracker.json"
+
+
 def ensure_remote(workspace: Path) -> str:
-    """The bare repository standing in for the GitHub repo; returns its clone URL."""
-    remote = testbed_dir(workspace) / "remote.git"
+    """Create the stand-in remote, or tidy it; returns its clone URL."""
+    remote = remote_path(workspace)
     auth = GitAuth()
     if (remote / "HEAD").exists():
         # In-process pushes write loose objects; pack them once they pile up (as a host would).
@@ -64,11 +73,16 @@ def ensure_remote(workspace: Path) -> str:
 
 def ensure_tracker(workspace: Path, mock_issues: int, labels: Labels) -> LocalTracker:
     """The mock tracker; `mock_issues` new ready issues are added on every start."""
-    path = testbed_dir(workspace) / "tracker.json"
+    path = tracker_path(workspace)
     try:
         return LocalTracker.create(path, generate_mock_issues(mock_issues, labels.ready), labels)
     except FileExistsError:
-        tracker = LocalTracker(path, labels)
+        tracker = open_tracker(workspace, labels)
         for issue in generate_mock_issues(mock_issues, labels.ready):
             tracker.add_issue(issue.title, issue.body, issue.labels)
         return tracker
+
+
+def open_tracker(workspace: Path, labels: Labels) -> LocalTracker:
+    """The mock tracker as it is (`ensure_tracker` creates it)."""
+    return LocalTracker(tracker_path(workspace), labels)
