@@ -5,7 +5,9 @@ pull requests against a local bare repository, on a fresh Prefect server.
    work / wall time of the whole fleet call (poll, mirror, claims, workspaces, agents,
    checks, commits, pushes, pull requests, labels, report).
 2. 1000 mock issues on 50 workers: share of the ideal makespan, and the per-issue
-   overhead of each stage (claim, workspace, checks, publish = commit + push + PR, ...).
+   overhead of each stage (claim, workspace, checks, publish = commit + push + PR, ...);
+   run twice side by side: with issue processes (the default at that size) and with
+   every worker a thread of the leader.
 
 Writes benchmarks/results/fleet.json and fleet.md.
 
@@ -36,7 +38,7 @@ LARGE_TARGET = 0.90
 
 
 def run_fleet(
-    workspace: Path, workers: int, issues: int, agent_seconds: float
+    workspace: Path, workers: int, issues: int, agent_seconds: float, processes: int | None = None
 ) -> tuple[float, Any]:
     from flows._prefect import leader_session, state_result
     from flows.fleet.flow import fleet
@@ -46,7 +48,8 @@ def run_fleet(
     ensure_remote(workspace)
     ensure_tracker(workspace, issues, Labels())
     overrides = {"mode": "test", "workspace": str(workspace), "workers": workers,
-                 "agent_seconds": agent_seconds, "mock_issues": 0}  # fmt: skip
+                 "agent_seconds": agent_seconds, "mock_issues": 0,
+                 "processes": processes}  # fmt: skip
     with leader_session():
         started = time.perf_counter()
         state = fleet(overrides=overrides, report_dir=str(workspace / "report"), return_state=True)
@@ -81,12 +84,16 @@ def stage_means(report: Any) -> dict[str, float]:
     return {name: round(statistics.mean(values) * 1000, 1) for name, values in stages.items()}
 
 
-def large_run(directory: Path, issues: int, workers: int) -> dict[str, Any]:
+def large_run(directory: Path, issues: int, workers: int, processes: int | None) -> dict[str, Any]:
+    """`processes`: None for the default (issue processes, at this size), 0 for threads."""
     from benchmarks.common import CpuMeter, cpu_budget_ms
+    from flows.fleet.config import FleetConfig
+    from flows.fleet.flow import process_count
 
     meter = CpuMeter()
     before = meter.read()
-    wall, report = run_fleet(directory / "large", workers, issues, 1.0)
+    folder = directory / f"large-{'default' if processes is None else processes}"
+    wall, report = run_fleet(folder, workers, issues, 1.0, processes)
     cpu = (meter.read() - before).per_unit_ms(issues)
     ideal = math.ceil(issues / workers) * 1.0
     overhead = stage_means(report)
@@ -96,9 +103,11 @@ def large_run(directory: Path, issues: int, workers: int) -> dict[str, Any]:
         "mean_issue_s": round(statistics.mean(t.duration_s for t in report.tasks), 3),
         "stage_ms": overhead, "setup_s": report.setup.duration_s,
         "cpu_ms_per_issue": cpu, "cpu_budget_ms": cpu_budget_ms(ideal, LARGE_TARGET, issues),
+        "processes": process_count(FleetConfig(workers=workers, processes=processes), issues),
     }  # fmt: skip
     row["meets_target"] = row["share"] >= LARGE_TARGET
-    print(f"  {issues} issues @ {workers}: {row['share']:.1%} of ideal ({wall:.1f}s); "
+    print(f"  {issues} issues @ {workers}, {row['processes']} issue processes: "
+          f"{row['share']:.1%} of ideal ({wall:.1f}s); "
           f"stages (ms): {overhead}; CPU per issue (ms): {cpu}", flush=True)  # fmt: skip
     return row
 
@@ -132,12 +141,20 @@ def render(results: dict[str, Any]) -> str:
     ]
     wake = results.get("wake_penalty")
     if wake:
+        slowed = wake["after_idle"] > 1.5 * wake["warm"]
         lines += [
             "",
             f"This machine during this run: a piece of Python work that takes {wake['warm']:.1f} "
             f"ms on a busy CPU took {wake['after_idle']:.1f} ms right after {wake['idle_s']:g} s "
-            "of idle (`benchmarks/common.py: wake_penalty_ms`). Each simulated agent sleeps "
-            "twice, so on 1 worker every issue pays that slowdown for the work after each turn.",
+            "of idle (`benchmarks/common.py: wake_penalty_ms`). "
+            + (
+                "Each simulated agent sleeps twice, so on 1 worker every issue pays that "
+                "slowdown for the work after each turn."
+                if slowed
+                else "No slowdown after idle today (on some days this virtual machine runs "
+                "code 10-20 times slower right after an idle period, which each agent's "
+                "sleep then pays on 1 worker)."
+            ),
         ]
     large = results["large"]
     mark = "✅" if large["meets_target"] else "❌"
@@ -158,10 +175,31 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"CPU per issue: {cpu['total']:.0f} ms ({cpu['leader']:.0f} ms in the leader "
-            f"process, {cpu['children']:.0f} ms in child processes: the checks' shells, since "
-            "git runs in-process in test mode; "
+            f"process, {cpu['children']:.0f} ms in child processes: the "
+            f"{large['processes']} issue processes and the checks' shells; "
             f"{cpu['server']:.0f} ms in the Prefect server). Reaching {large['target']:.0%} "
             f"leaves {large['cpu_budget_ms']:.0f} ms per issue on {os.cpu_count()} cores.",
+        ]
+    threads = results.get("large_threads")
+    if threads:
+        lines += [
+            "",
+            "Side by side in this run, the same issues with every worker a thread of the "
+            "leader (`--processes 0`, the default below 100 issues or 8 workers):",
+            "",
+            "| workers run in | wall | share of ideal | CPU per issue (leader + children "
+            "+ server) |",
+            "|---|---|---|---|",
+            *[
+                f"| {label} | {r['wall_s']:.1f}s | {r['share']:.1%} | "
+                f"{r['cpu_ms_per_issue']['total']:.0f} ms ({r['cpu_ms_per_issue']['leader']:.0f}"
+                f" + {r['cpu_ms_per_issue']['children']:.0f} + "
+                f"{r['cpu_ms_per_issue']['server']:.0f}) |"
+                for label, r in (
+                    (f"{large['processes']} issue processes", large),
+                    ("threads of the leader", threads),
+                )
+            ],
         ]
     return "\n".join(lines) + "\n"
 
@@ -196,7 +234,10 @@ def main() -> int:
                 "speedup": speedup_series(directory),
             }
             print(f"{args.large_issues} issues:", flush=True)
-            results["large"] = large_run(directory, args.large_issues, args.large_workers)
+            results["large"] = large_run(directory, args.large_issues, args.large_workers, None)
+            results["large_threads"] = large_run(
+                directory, args.large_issues, args.large_workers, 0
+            )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fleet.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "fleet.md").write_text(render(results))

@@ -23,6 +23,7 @@ from uuid import UUID
 
 from flows import _prefect
 from flows.config import ConfigError
+from flows.logs import show_project_logs
 from flows.report import Report
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -138,12 +139,7 @@ def apply_log_level(value: str | None) -> None:
     if not isinstance(level, int):
         raise ConfigError("environment", "LOG_LEVEL",
                           f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")  # fmt: skip
-    logger = logging.getLogger("flows")
-    logger.setLevel(level)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+    show_project_logs(level)
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:

@@ -281,6 +281,10 @@ def test_log_level_shows_the_agents_turns_and_rejects_nonsense(
     result = run_cli(fleet_args(workspace, "--mock-issues", "1"), {**cli_env, "LOG_LEVEL": "info"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "INFO flows.fleet.agent: turn 1" in result.stderr
+    in_a_child = run_cli(fleet_args(workspace, "--mock-issues", "1", "--processes", "1"),
+                         {**cli_env, "LOG_LEVEL": "info"})  # fmt: skip
+    assert in_a_child.returncode == 0, in_a_child.stdout + in_a_child.stderr
+    assert "INFO flows.fleet.agent: turn 1" in in_a_child.stderr
     bad = run_cli(fleet_args(workspace), {**cli_env, "LOG_LEVEL": "chatty"})
     assert bad.returncode == 2
     assert "LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got 'chatty'" in bad.stderr

@@ -14,7 +14,12 @@ import pytest
 from flows.fleet.config import FleetConfig
 from flows.fleet.connection import open_connection
 from flows.fleet.flow import process_count
-from flows.fleet.processes import IssueProcessError, IssueProcesses, ProcessSpec
+from flows.fleet.processes import (
+    LEADER_GONE_EXIT,
+    IssueProcessError,
+    IssueProcesses,
+    ProcessSpec,
+)
 from flows.fleet.worker import IssueUnit
 from flows.fleet.workspace import Mirror
 
@@ -81,6 +86,19 @@ def test_a_dead_child_fails_only_its_issues_and_is_not_given_more(tmp_path: Path
                 held.result(timeout=30)
         result = processes.resolve(units[1], "w2")  # the live child takes it
     assert result.status == "succeeded", result.log_tail
+
+
+def test_children_exit_when_their_leader_is_gone(tmp_path: Path) -> None:
+    spec, units = seeded_testbed(tmp_path, 1, agent_seconds=60)
+    beats = Beats()
+    with IssueProcesses(spec, beats) as processes:
+        processes.start(1)
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(processes.resolve, units[0], "w1")
+            beats.wait_for(f"{units[0].name}: agent")
+            processes._children[0]._outbox.close()  # as a dying leader's pipe closes
+            with pytest.raises(IssueProcessError, match=f"exited with code {LEADER_GONE_EXIT}"):
+                held.result(timeout=20)  # at once, not after the agent's 60 s
 
 
 def test_a_child_that_cannot_build_its_clients_fails_its_issues_clearly(tmp_path: Path) -> None:

@@ -15,13 +15,15 @@ issues in flight. A child runs every issue on a thread of its own and sends back
 issue's heartbeats (relayed to the leader's observers) and its result.
 
 Closing lets the children finish the issues they hold (as the leader's threads would),
-then they exit; a child that dies fails only the issues it held.
+then they exit. A child that dies fails only the issues it held; a leader that dies
+takes its children with it (they see its pipe close), as it would its threads.
 """
 
 from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -30,7 +32,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,12 @@ from flows.fleet.config import FleetConfig
 from flows.fleet.connection import FleetCredentials, fleet_context, open_connection
 from flows.fleet.models import IssueResult
 from flows.fleet.worker import FleetContext, IssueUnit, resolve_issue
+from flows.logs import project_log_level, show_project_logs
 
+log = logging.getLogger(__name__)
 Heartbeat = Callable[[str, str, float], None]  # worker, activity, cost of the issue so far
 CLOSE_TIMEOUT_S = 30.0  # after the last issue, how long a child may take to exit
+LEADER_GONE_EXIT = 70  # a child's exit code when its leader's pipe closed without a word
 
 
 class IssueProcessError(RuntimeError):
@@ -57,6 +62,7 @@ class ProcessSpec:
     credentials: FleetCredentials | None
     report_dir: Path
     claimant: str
+    log_level: int = field(default_factory=project_log_level)  # LOG_LEVEL, as in the leader
 
     def context(self, heartbeat: Heartbeat) -> FleetContext:
         connection = open_connection(self.settings, self.credentials, seed=False)
@@ -173,7 +179,8 @@ class _Child:
         with self._lock:
             self.death = self.death or "closed"
             with suppress(OSError):
-                self._outbox.close()
+                self._outbox.send(None)
+            self._outbox.close()
 
     def join(self, timeout: float) -> None:
         try:
@@ -184,24 +191,33 @@ class _Child:
         self._reader.join(timeout)
 
     def _read(self) -> None:
+        problem = None
         try:
             while True:
-                kind, *rest = self._inbox.recv()
-                if kind == "beat":
-                    self._heartbeat(*rest)
-                elif kind == "done":
-                    job, result = rest
-                    self._jobs.pop(job).set_result(result)
-                elif kind == "error":
-                    job, message = rest
-                    self._jobs.pop(job).set_exception(IssueProcessError(message))
-                elif kind == "broken":
-                    self._fail_all(f"issue process could not start: {rest[0]}")
+                self._handle(*self._inbox.recv())
         except (EOFError, OSError):
             pass
+        except Exception as exc:  # a message it cannot make sense of: this child is done
+            problem = f"issue process {self.pid} sent what the leader cannot read: {exc!r}"
+            self._process.kill()
         code = self._process.wait()
-        self._fail_all(f"issue process {self._process.pid} exited with code {code}")
+        self._fail_all(problem or f"issue process {self.pid} exited with code {code}")
         self._inbox.close()
+
+    def _handle(self, kind: str, *rest: Any) -> None:
+        if kind == "beat":
+            try:
+                self._heartbeat(*rest)
+            except Exception:  # a broken status display fails no issue
+                log.exception("a heartbeat observer failed")
+        elif kind == "done":
+            job, result = rest
+            self._jobs.pop(job).set_result(result)
+        elif kind == "error":
+            job, message = rest
+            self._jobs.pop(job).set_exception(IssueProcessError(message))
+        elif kind == "broken":
+            self._fail_all(f"issue process could not start: {rest[0]}")
 
     def _fail_all(self, reason: str) -> None:
         with self._lock:
@@ -216,7 +232,7 @@ class _Child:
 
 
 def serve() -> None:
-    """A child: read the spec, then issues until the leader closes the pipe."""
+    """A child: read the spec, then issues until the leader says it is done (None)."""
     inbox = Pipe(os.dup(0), writable=False)
     outbox = Pipe(os.dup(1), readable=False)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
@@ -229,6 +245,8 @@ def serve() -> None:
             outbox.send(message)
 
     spec: ProcessSpec = inbox.recv()
+    if spec.log_level:
+        show_project_logs(spec.log_level)
     try:
         ctx = spec.context(heartbeat=lambda *beat: send("beat", *beat))
     except Exception as exc:
@@ -246,10 +264,12 @@ def serve() -> None:
     with ThreadPoolExecutor(spec.settings.workers, thread_name_prefix="issue") as threads:
         while True:
             try:
-                job, unit, worker = inbox.recv()
-            except EOFError:
+                message = inbox.recv()
+            except EOFError:  # the leader died: so do its workers, as its threads would
+                os._exit(LEADER_GONE_EXIT)
+            if message is None:  # closed: finish the issues in flight
                 break
-            threads.submit(run, job, unit, worker)
+            threads.submit(run, *message)
 
 
 if __name__ == "__main__":
