@@ -3,9 +3,13 @@ failing only the issues it held, and how many a run starts."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,13 +19,13 @@ from flows.fleet.config import FleetConfig
 from flows.fleet.connection import open_connection
 from flows.fleet.flow import process_count
 from flows.fleet.processes import (
-    LEADER_GONE_EXIT,
     IssueProcessError,
     IssueProcesses,
     ProcessSpec,
 )
 from flows.fleet.worker import IssueUnit
 from flows.fleet.workspace import Mirror
+from tests.conftest import REPO
 
 
 class Beats:
@@ -50,7 +54,7 @@ def seeded_testbed(
     connection = open_connection(config, None)
     Mirror(Path(config.workspace).resolve(), connection.clone_url).ensure()
     units = [IssueUnit(issue, 1) for issue in connection.tracker.list_ready()]
-    spec = ProcessSpec(connection.settings, None, tmp_path / "report", "tests:1")
+    spec = ProcessSpec(connection.settings, None, tmp_path / "report", "tests:1", logging.NOTSET)
     return spec, units
 
 
@@ -74,42 +78,87 @@ def test_issues_are_resolved_in_children_with_their_heartbeats_relayed(tmp_path:
 
 
 def test_a_dead_child_fails_only_its_issues_and_is_not_given_more(tmp_path: Path) -> None:
-    spec, units = seeded_testbed(tmp_path, 2, workers=2, agent_seconds=3)
+    spec, units = seeded_testbed(tmp_path, 3, workers=3, agent_seconds=3)
     beats = Beats()
     with IssueProcesses(spec, beats) as processes:
         processes.start(2)
-        with ThreadPoolExecutor(1) as pool:
-            held = pool.submit(processes.resolve, units[0], "w1")  # both idle: the first child
+        with ThreadPoolExecutor(2) as pool:
+            doomed = pool.submit(processes.resolve, units[0], "w1")  # both idle: the first
             beats.wait_for(f"{units[0].name}: agent")
+            spared = pool.submit(processes.resolve, units[1], "w2")  # the less busy: second
+            beats.wait_for(f"{units[1].name}: agent")
             os.kill(processes.pids[0], signal.SIGKILL)
             with pytest.raises(IssueProcessError, match=r"exited with code -9"):
-                held.result(timeout=30)
-        result = processes.resolve(units[1], "w2")  # the live child takes it
-    assert result.status == "succeeded", result.log_tail
+                doomed.result(timeout=30)
+            assert spared.result(timeout=60).status == "succeeded"
+        after = processes.resolve(units[2], "w3")  # the live child takes it
+    assert after.status == "succeeded", after.log_tail
 
 
-def test_children_exit_when_their_leader_is_gone(tmp_path: Path) -> None:
-    spec, units = seeded_testbed(tmp_path, 1, agent_seconds=60)
-    beats = Beats()
-    with IssueProcesses(spec, beats) as processes:
+def test_an_issue_that_raises_in_a_child_fails_with_what_it_raised(tmp_path: Path) -> None:
+    spec, units = seeded_testbed(tmp_path, 1)
+    spec.report_dir.write_text("a file where the issue logs' folder should be")
+    with IssueProcesses(spec, Beats()) as processes:
         processes.start(1)
-        with ThreadPoolExecutor(1) as pool:
-            held = pool.submit(processes.resolve, units[0], "w1")
-            beats.wait_for(f"{units[0].name}: agent")
-            processes._children[0]._outbox.close()  # as a dying leader's pipe closes
-            with pytest.raises(IssueProcessError, match=f"exited with code {LEADER_GONE_EXIT}"):
-                held.result(timeout=20)  # at once, not after the agent's 60 s
+        with pytest.raises(IssueProcessError, match=r"(FileExists|NotADirectory)Error"):
+            processes.resolve(units[0], "w1")
+        spec.report_dir.unlink()
+        assert processes.resolve(units[0], "w1").status == "succeeded"  # the child lives on
+
+
+LEADER = """
+import sys, time
+from pathlib import Path
+from tests.test_processes import Beats, seeded_testbed
+from flows.fleet.processes import IssueProcesses
+from concurrent.futures import ThreadPoolExecutor
+spec, units = seeded_testbed(Path(sys.argv[1]), 1, agent_seconds=60)
+beats = Beats()
+processes = IssueProcesses(spec, beats)
+processes.start(1)
+ThreadPoolExecutor(1).submit(processes.resolve, units[0], "w1")
+beats.wait_for("agent")
+print(processes.pids[0], flush=True)
+time.sleep(600)
+"""
+
+
+def test_children_exit_when_their_leader_dies(tmp_path: Path) -> None:
+    leader = subprocess.Popen([sys.executable, "-c", LEADER, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    try:
+        assert leader.stdout is not None
+        child = int(leader.stdout.readline())  # its issue's agent is at work (60 s)
+        leader.kill()
+        leader.wait()
+        deadline = time.monotonic() + 20
+        while running(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(child)
+    finally:
+        leader.kill()
+        leader.wait()
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited one whose parent died is a zombie until
+    reaped, or gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
 
 
 def test_a_child_that_cannot_build_its_clients_fails_its_issues_clearly(tmp_path: Path) -> None:
     spec, units = seeded_testbed(tmp_path, 1)
     broken = ProcessSpec(spec.settings.model_copy(update={"model": "no-such-model"}), None,
-                         spec.report_dir, spec.claimant)  # fmt: skip
+                         spec.report_dir, spec.claimant, logging.NOTSET)  # fmt: skip
     with IssueProcesses(broken, Beats()) as processes:
         processes.start(1)
         with pytest.raises(IssueProcessError, match=r"could not start: ConfigError.*no-such-model"):
             processes.resolve(units[0], "w1")
-        with pytest.raises(IssueProcessError, match="every issue process has exited"):
+        with pytest.raises(IssueProcessError, match="no issue process takes issues"):
             processes.resolve(units[0], "w1")
 
 

@@ -15,6 +15,8 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from flows.fleet.processes import IssueProcesses, ProcessSpec
 from flows.fleet.tracker import requeue_interrupted_claims
 from flows.fleet.worker import IssueUnit, crashed_issue, resolve_issue, skipped_issue
 from flows.leader import LeaderPlan, heartbeat, lead, report_state
+from flows.logs import project_log_level
 from flows.report import Report, SetupSummary
 from flows.scheduler import build_tiers
 
@@ -79,9 +82,14 @@ def fleet_plan(
         print(f"put back in the queue (interrupted claims): {_numbers(requeued)}")
     found = connection.tracker.list_ready() if issues is None else issues
     units = [IssueUnit(issue, issue.priority(settings.labels.priority_prefix)) for issue in found]
-    children = process_count(settings, len(units)) if processes is not None else 0
-    if processes is not None and children:
+
+    def in_this_process(unit: IssueUnit, slot: str) -> IssueResult:
+        return resolve_issue(unit, worker or slot, ctx)
+
+    work: Callable[[IssueUnit, str], IssueResult] = in_this_process
+    if processes is not None and (children := process_count(settings, len(units))):
         processes.start(children)  # their start overlaps the setup step
+        work = partial(_in_an_issue_process, processes, worker)
 
     def update_mirror() -> SetupSummary:
         started = time.perf_counter()
@@ -94,11 +102,7 @@ def fleet_plan(
         kind="fleet",
         name=connection.name.replace("/", "-"),
         tiers=build_tiers(units, TIER_NAMES),
-        work=(
-            (lambda unit, slot: processes.resolve(unit, worker or slot))
-            if processes is not None and children
-            else (lambda unit, slot: resolve_issue(unit, worker or slot, ctx))
-        ),
+        work=work,
         skipped=skipped_issue,
         crashed=crashed_issue,
         max_parallel=1 if worker else settings.workers,
@@ -238,9 +242,16 @@ def fleet(
     if settings.mode == "distributed":
         parameters = run_parameters(config_path, overrides or {})
         return report_state(lead(distributed_plan(connection, target, parameters)))
-    spec = ProcessSpec(connection.settings, connection.credentials, target, claimant())
+    spec = ProcessSpec(connection.settings, connection.credentials, target, claimant(),
+                       project_log_level())  # fmt: skip
     with IssueProcesses(spec, heartbeat) as processes:
         return report_state(lead(fleet_plan(connection, target, processes=processes)))
+
+
+def _in_an_issue_process(
+    processes: IssueProcesses, worker: str | None, unit: IssueUnit, slot: str
+) -> IssueResult:
+    return processes.resolve(unit, worker or slot)
 
 
 def process_count(settings: FleetConfig, issues: int) -> int:

@@ -3,20 +3,20 @@
 An issue's own work (claim, workspace, git, the agent loop, checks, pull request) is
 Python, and libgit2 calls that hold the GIL while they write files. With every worker a
 thread of the leader, fifty workers queue for one interpreter lock beside the leader's
-Prefect bookkeeping, and each system call waits to get it back. Measured here without
-Prefect: 400 simulated issues on 50 threads of one process took 21.6 s and 73 ms of CPU
-each; on two processes of 25 threads, 11.3 s and 27 ms each (ideal 8 s).
+Prefect bookkeeping. Measured side by side (benchmarks/bench_fleet.py), 1000 simulated
+issues on 50 workers: 69.9 s with threads of the leader, 55.0 s with two issue processes.
 
-`IssueProcesses` starts its children (`python -m flows.fleet.processes`: they import the
+`IssueProcesses` starts its children (`serve()` in a fresh interpreter that imports the
 fleet's worker side only, not Prefect) when the first issues are known, sends each the
 recipe of its clients (`ProcessSpec`, through its stdin: credentials never reach a
 command line or the environment), then gives each issue to the child with the fewest
 issues in flight. A child runs every issue on a thread of its own and sends back the
 issue's heartbeats (relayed to the leader's observers) and its result.
 
-Closing lets the children finish the issues they hold (as the leader's threads would),
-then they exit. A child that dies fails only the issues it held; a leader that dies
-takes its children with it (they see its pipe close), as it would its threads.
+Closing tells the children to take no more issues; they finish those they hold (as the
+leader's threads would), then exit. A child that dies fails only the issues it held; a
+leader that dies takes its children with it (they see its pipe close), as it would its
+threads.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,9 @@ import flows
 from flows.fleet.config import FleetConfig
 from flows.fleet.connection import FleetCredentials, fleet_context, open_connection
 from flows.fleet.models import IssueResult
+from flows.fleet.tools import SECRET_NAME
 from flows.fleet.worker import FleetContext, IssueUnit, resolve_issue
-from flows.logs import project_log_level, show_project_logs
+from flows.logs import show_project_logs
 
 log = logging.getLogger(__name__)
 Heartbeat = Callable[[str, str, float], None]  # worker, activity, cost of the issue so far
@@ -62,7 +64,7 @@ class ProcessSpec:
     credentials: FleetCredentials | None
     report_dir: Path
     claimant: str
-    log_level: int = field(default_factory=project_log_level)  # LOG_LEVEL, as in the leader
+    log_level: int  # the leader's LOG_LEVEL (logging.NOTSET: none)
 
     def context(self, heartbeat: Heartbeat) -> FleetContext:
         connection = open_connection(self.settings, self.credentials, seed=False)
@@ -97,13 +99,15 @@ class IssueProcesses:
 
     def resolve(self, unit: IssueUnit, worker: str) -> IssueResult:
         """Resolve `unit` as `worker` in the least busy child; blocks until it is done."""
-        if not self._children:
-            raise IssueProcessError("no issue process was started")
-        live = [child for child in self._children if child.alive]
-        if not live:
-            reasons = "; ".join(sorted({child.death or "" for child in self._children}))
-            raise IssueProcessError(f"every issue process has exited: {reasons}")
-        return min(live, key=lambda child: child.load).resolve(unit, worker)
+        with self._lock:  # one pick at a time: a burst of issues spreads over the children
+            if not self._children:
+                raise IssueProcessError("no issue process was started")
+            accepting = [child for child in self._children if child.accepting]
+            if not accepting:
+                reasons = "; ".join(sorted({child.refusal or "" for child in self._children}))
+                raise IssueProcessError(f"no issue process takes issues: {reasons}")
+            future = min(accepting, key=lambda child: child.load).submit(unit, worker)
+        return future.result()
 
     @property
     def pids(self) -> list[int]:
@@ -115,20 +119,19 @@ class IssueProcesses:
             children = list(self._children)
         for child in children:
             child.close()
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
         for child in children:
-            child.join(CLOSE_TIMEOUT_S)
+            child.join(deadline)
 
 
 class _Child:
     """One child process and the thread that reads what it sends."""
 
     def __init__(self, spec: ProcessSpec, heartbeat: Heartbeat, index: int) -> None:
-        package_root = str(Path(flows.__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "flows.fleet.processes"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=os.getcwd(), env=env,
+            # -P: not the working directory's own `flows/`, if it has one
+            [sys.executable, "-P", "-c", "from flows.fleet.processes import serve; serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=os.getcwd(), env=_child_env(),
         )  # fmt: skip
         assert self._process.stdin is not None and self._process.stdout is not None
         self._outbox = Pipe(os.dup(self._process.stdin.fileno()), readable=False)
@@ -139,8 +142,11 @@ class _Child:
         self._jobs: dict[int, Future[IssueResult]] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self.death: str | None = None  # why it can take no more issues
-        self._outbox.send(spec)
+        self.refusal: str | None = None  # why it takes no more issues
+        try:
+            self._outbox.send(spec)
+        except OSError as exc:  # it died at once: its reader says how
+            self.refusal = f"issue process {self.pid} could not start: {exc}"
         # carries the leader's context (its observers) to the heartbeats it relays
         self._reader = threading.Thread(
             target=contextvars.copy_context().run, args=(self._read,),
@@ -149,8 +155,8 @@ class _Child:
         self._reader.start()
 
     @property
-    def alive(self) -> bool:
-        return self.death is None
+    def accepting(self) -> bool:
+        return self.refusal is None
 
     @property
     def pid(self) -> int:
@@ -160,45 +166,47 @@ class _Child:
     def load(self) -> int:
         return len(self._jobs)
 
-    def resolve(self, unit: IssueUnit, worker: str) -> IssueResult:
+    def submit(self, unit: IssueUnit, worker: str) -> Future[IssueResult]:
         future: Future[IssueResult] = Future()
         with self._lock:
-            if self.death is not None:
-                raise IssueProcessError(self.death)
+            if self.refusal is not None:
+                raise IssueProcessError(self.refusal)
             job = next(self._ids)
             self._jobs[job] = future
             try:
                 self._outbox.send((job, unit, worker))
-            except OSError as exc:
+            except BaseException as exc:
                 self._jobs.pop(job, None)
-                raise IssueProcessError(f"issue process {self._process.pid}: {exc}") from None
-        return future.result()
+                raise IssueProcessError(f"issue process {self.pid}: {exc!r}") from None
+        return future
 
     def close(self) -> None:
-        """No more issues: the child finishes those it holds, then exits."""
+        """No more issues: the child finishes those it holds, then exits. The pipe stays
+        open until then: its end would tell the child that the leader died."""
         with self._lock:
-            self.death = self.death or "closed"
+            self.refusal = self.refusal or "closed"
             with suppress(OSError):
                 self._outbox.send(None)
-            self._outbox.close()
 
-    def join(self, timeout: float) -> None:
+    def join(self, deadline: float) -> None:
+        """Wait for the child to exit (killed at `deadline`, a monotonic time)."""
         try:
-            self._process.wait(timeout)
+            self._process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-        self._reader.join(timeout)
+        self._outbox.close()
+        self._reader.join(max(0.0, deadline - time.monotonic()))
 
     def _read(self) -> None:
         problem = None
         try:
             while True:
                 self._handle(*self._inbox.recv())
-        except (EOFError, OSError):
+        except EOFError:  # it exited
             pass
-        except Exception as exc:  # a message it cannot make sense of: this child is done
-            problem = f"issue process {self.pid} sent what the leader cannot read: {exc!r}"
+        except Exception as exc:  # a broken pipe, or a message the leader cannot read
+            problem = f"issue process {self.pid} failed: {exc!r}"
             self._process.kill()
         code = self._process.wait()
         self._fail_all(problem or f"issue process {self.pid} exited with code {code}")
@@ -221,8 +229,8 @@ class _Child:
 
     def _fail_all(self, reason: str) -> None:
         with self._lock:
-            if self.death is None or self.death == "closed":
-                self.death = reason
+            if self.refusal is None or self.refusal == "closed":
+                self.refusal = reason
             jobs, self._jobs = self._jobs, {}
         for future in jobs.values():
             future.set_exception(IssueProcessError(reason))
@@ -237,12 +245,17 @@ def serve() -> None:
     outbox = Pipe(os.dup(1), readable=False)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(2, 1)  # a stray print must not corrupt the pipe
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the leader decides when to stop
+    # Ctrl-C reaches the whole terminal group: the leader decides when to stop. A handler,
+    # not SIG_IGN, so that the commands this process starts get the default back at exec.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
     send_lock = threading.Lock()
 
     def send(*message: Any) -> None:
-        with send_lock, suppress(OSError):  # the leader is gone: nobody to tell
-            outbox.send(message)
+        try:
+            with send_lock:
+                outbox.send(message)
+        except OSError:  # the leader is gone: so are its workers, as its threads would be
+            os._exit(LEADER_GONE_EXIT)
 
     spec: ProcessSpec = inbox.recv()
     if spec.log_level:
@@ -256,21 +269,39 @@ def serve() -> None:
     def run(job: int, unit: IssueUnit, worker: str) -> None:
         try:
             result = resolve_issue(unit, worker, ctx)
-        except BaseException as exc:
-            send("error", job, f"{type(exc).__name__}: {exc}")
-        else:
             send("done", job, result)
+        except Exception as exc:  # raised by the work, or the result did not pickle
+            log.exception("issue %s failed in issue process %d", unit.name, os.getpid())
+            send("error", job, f"{type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(spec.settings.workers, thread_name_prefix="issue") as threads:
-        while True:
-            try:
-                message = inbox.recv()
-            except EOFError:  # the leader died: so do its workers, as its threads would
-                os._exit(LEADER_GONE_EXIT)
-            if message is None:  # closed: finish the issues in flight
-                break
+        while (message := _next_message(inbox)) is not None:
             threads.submit(run, *message)
+        # closed: the issues in flight finish (leaving this block waits for them), unless
+        # the leader dies meanwhile
+        threading.Thread(target=_exit_with_leader, args=(inbox,), daemon=True).start()
 
 
-if __name__ == "__main__":
-    serve()
+def _next_message(inbox: Pipe) -> Any:
+    try:
+        return inbox.recv()
+    except EOFError:  # the leader died without a word: so do its workers
+        os._exit(LEADER_GONE_EXIT)
+
+
+def _exit_with_leader(inbox: Pipe) -> None:
+    """After the stop message nothing more comes: a read returns only when the leader's end
+    of the pipe closes, which it does after this process exited, or when it died."""
+    with suppress(EOFError, OSError):
+        inbox.recv()
+    os._exit(LEADER_GONE_EXIT)
+
+
+def _child_env() -> dict[str, str]:
+    """The leader's environment without its secrets (a child gets what it needs in the
+    spec: every variable whose name says token, key, secret, password, ... is left out),
+    and with this project's code on its path, installed or not."""
+    env = {name: value for name, value in os.environ.items() if not SECRET_NAME.search(name)}
+    project = str(Path(flows.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [project, env.get("PYTHONPATH")]))
+    return env
