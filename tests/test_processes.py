@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from flows.fleet.config import FleetConfig
-from flows.fleet.connection import open_connection
-from flows.fleet.flow import process_count
+from flows.fleet.connection import fleet_context, open_connection
+from flows.fleet.flow import _in_an_issue_process, process_count
 from flows.fleet.processes import (
     IssueProcessError,
     IssueProcesses,
@@ -160,6 +160,23 @@ def test_a_child_that_cannot_build_its_clients_fails_its_issues_clearly(tmp_path
             processes.resolve(units[0], "w1")
         with pytest.raises(IssueProcessError, match="no issue process takes issues"):
             processes.resolve(units[0], "w1")
+
+
+def test_issues_run_in_the_leader_when_no_child_takes_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec, units = seeded_testbed(tmp_path, 1, agent_seconds=0)
+    broken = ProcessSpec(spec.settings.model_copy(update={"model": "no-such-model"}), None,
+                         spec.report_dir, spec.claimant, logging.NOTSET)  # fmt: skip
+    connection = open_connection(spec.settings, None, seed=False)
+    ctx = fleet_context(connection, spec.report_dir, spec.claimant, Beats())
+    with IssueProcesses(broken, Beats()) as processes:
+        processes.start(1)
+        while processes.accepting:
+            time.sleep(0.05)  # until the child has said why it cannot start
+        result = _in_an_issue_process(processes, ctx, None, units[0], "worker-01")
+    assert result.status == "succeeded" and result.worker == "worker-01"
+    assert f"{units[0].name} runs in the leader: no issue process takes issues" in caplog.text
 
 
 def test_resolve_before_start_is_an_error(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ nothing below it reads tokens or creates clients."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -43,14 +44,21 @@ from flows.fleet.dispatch import (
 )
 from flows.fleet.merge import MergeResult, merge_approved
 from flows.fleet.models import Issue, IssueResult
-from flows.fleet.processes import IssueProcesses, ProcessSpec
+from flows.fleet.processes import IssueProcesses, NoIssueProcessError, ProcessSpec
 from flows.fleet.tracker import requeue_interrupted_claims
-from flows.fleet.worker import IssueUnit, crashed_issue, resolve_issue, skipped_issue
+from flows.fleet.worker import (
+    FleetContext,
+    IssueUnit,
+    crashed_issue,
+    resolve_issue,
+    skipped_issue,
+)
 from flows.leader import LeaderPlan, heartbeat, lead, report_state
 from flows.logs import project_log_level
 from flows.report import Report, SetupSummary
 from flows.scheduler import build_tiers
 
+log = logging.getLogger(__name__)
 TIER_NAMES = dict(enumerate(PRIORITY_QUEUES, start=1))  # urgent, normal, low
 AUTO_PROCESSES_FROM = (8, 100)  # workers, issues
 
@@ -89,7 +97,7 @@ def fleet_plan(
     work: Callable[[IssueUnit, str], IssueResult] = in_this_process
     if processes is not None and (children := process_count(settings, len(units))):
         processes.start(children)  # their start overlaps the setup step
-        work = partial(_in_an_issue_process, processes, worker)
+        work = partial(_in_an_issue_process, processes, ctx, worker)
 
     def update_mirror() -> SetupSummary:
         started = time.perf_counter()
@@ -249,9 +257,15 @@ def fleet(
 
 
 def _in_an_issue_process(
-    processes: IssueProcesses, worker: str | None, unit: IssueUnit, slot: str
+    processes: IssueProcesses, ctx: FleetContext, worker: str | None, unit: IssueUnit, slot: str
 ) -> IssueResult:
-    return processes.resolve(unit, worker or slot)
+    """The issue in an issue process; in this one when none takes issues any more (they
+    could not start, e.g. a brief GitHub error, or died): the run goes on, slower."""
+    try:
+        return processes.resolve(unit, worker or slot)
+    except NoIssueProcessError as exc:
+        log.warning("%s runs in the leader: %s", unit.name, exc)
+        return resolve_issue(unit, worker or slot, ctx)
 
 
 def process_count(settings: FleetConfig, issues: int) -> int:

@@ -56,6 +56,10 @@ class IssueProcessError(RuntimeError):
     """An issue could not be resolved in its child process (what it raised, or its death)."""
 
 
+class NoIssueProcessError(IssueProcessError):
+    """No child takes issues (none started, or every one exited): the issue was not sent."""
+
+
 @dataclass(frozen=True)
 class ProcessSpec:
     """What a child needs to build the clients every issue of this run shares."""
@@ -101,17 +105,22 @@ class IssueProcesses:
         """Resolve `unit` as `worker` in the least busy child; blocks until it is done."""
         with self._lock:  # one pick at a time: a burst of issues spreads over the children
             if not self._children:
-                raise IssueProcessError("no issue process was started")
+                raise NoIssueProcessError("no issue process was started")
             accepting = [child for child in self._children if child.accepting]
             if not accepting:
                 reasons = "; ".join(sorted({child.refusal or "" for child in self._children}))
-                raise IssueProcessError(f"no issue process takes issues: {reasons}")
+                raise NoIssueProcessError(f"no issue process takes issues: {reasons}")
             future = min(accepting, key=lambda child: child.load).submit(unit, worker)
         return future.result()
 
     @property
     def pids(self) -> list[int]:
         return [child.pid for child in self._children]
+
+    @property
+    def accepting(self) -> int:
+        """How many children take issues."""
+        return sum(child.accepting for child in self._children)
 
     def close(self) -> None:
         with self._lock:
