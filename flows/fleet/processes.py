@@ -4,7 +4,7 @@ An issue's own work (claim, workspace, git, the agent loop, checks, pull request
 Python, and libgit2 calls that hold the GIL while they write files. With every worker a
 thread of the leader, fifty workers queue for one interpreter lock beside the leader's
 Prefect bookkeeping. Measured side by side (benchmarks/bench_fleet.py), 1000 simulated
-issues on 50 workers: 69.9 s with threads of the leader, 55.0 s with two issue processes.
+issues on 50 workers: 61.2 s with threads of the leader, 33.7 s with two issue processes.
 
 `IssueProcesses` starts its children (`serve()` in a fresh interpreter that imports the
 fleet's worker side only, not Prefect) when the first issues are known, sends each the
