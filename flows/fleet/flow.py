@@ -6,8 +6,9 @@
                    `resolve-issue` run per ready issue, return at once
     resolve-issue  one issue, one run (what a work pool's workers execute)
 
-This module is the composition root: it builds the clients for a mode and injects them;
-nothing below it reads tokens or creates clients."""
+This module is the composition root: it resolves a mode's credentials (blocks or
+environment), has connection.py build the clients, and injects them; nothing below reads
+tokens (issue processes build their clients from the same recipe, sent to them)."""
 
 from __future__ import annotations
 
