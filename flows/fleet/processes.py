@@ -279,7 +279,7 @@ def serve() -> None:
         try:
             result = resolve_issue(unit, worker, ctx)
             send("done", job, result)
-        except Exception as exc:  # raised by the work, or the result did not pickle
+        except BaseException as exc:  # raised by the work, or the result did not pickle
             log.exception("issue %s failed in issue process %d", unit.name, os.getpid())
             send("error", job, f"{type(exc).__name__}: {exc}")
 
