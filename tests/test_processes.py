@@ -3,6 +3,7 @@ failing only the issues it held, and how many a run starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -150,10 +151,15 @@ def running(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
+def unbuildable(spec: ProcessSpec) -> ProcessSpec:
+    """`spec` with a model no price table knows: a child cannot build its clients from it."""
+    settings = spec.settings.model_copy(update={"model": "no-such-model"})
+    return dataclasses.replace(spec, settings=settings)
+
+
 def test_a_child_that_cannot_build_its_clients_fails_its_issues_clearly(tmp_path: Path) -> None:
     spec, units = seeded_testbed(tmp_path, 1)
-    broken = ProcessSpec(spec.settings.model_copy(update={"model": "no-such-model"}), None,
-                         spec.report_dir, spec.claimant, logging.NOTSET)  # fmt: skip
+    broken = unbuildable(spec)
     with IssueProcesses(broken, Beats()) as processes:
         processes.start(1)
         with pytest.raises(IssueProcessError, match=r"could not start: ConfigError.*no-such-model"):
@@ -166,8 +172,7 @@ def test_issues_run_in_the_leader_when_no_child_takes_them(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec, units = seeded_testbed(tmp_path, 1, agent_seconds=0)
-    broken = ProcessSpec(spec.settings.model_copy(update={"model": "no-such-model"}), None,
-                         spec.report_dir, spec.claimant, logging.NOTSET)  # fmt: skip
+    broken = unbuildable(spec)
     connection = open_connection(spec.settings, None, seed=False)
     ctx = fleet_context(connection, spec.report_dir, spec.claimant, Beats())
     with IssueProcesses(broken, Beats()) as processes:
