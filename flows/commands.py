@@ -5,20 +5,23 @@ The child gets its own session (process group). The parent blocks in `os.waitpid
 returns the instant the child exits (Popen.wait with a timeout polls, adding latency). A
 timer thread enforces the timeout: SIGTERM to the group, then SIGKILL after a grace
 period. Stragglers left in the group after the main child exits are killed too, so
-nothing a task started outlives it.
+nothing a task started outlives it, short of a process that leaves the group on purpose
+(`setsid`, a daemon's double fork): containing those takes a container or a cgroup.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,21 +103,26 @@ def run_command(
     log_path: Path,
     kill_grace: float = KILL_GRACE_SECONDS,
     rss: RssSampler | None = None,
+    max_file_bytes: int | None = None,
 ) -> CommandOutcome:
     """Run `command` in `cwd`, appending its stdout and stderr to `log_path`.
 
     With an `rss` sampler, the peak RSS of the command's whole process tree is measured.
+    `max_file_bytes` caps the size of any file the command writes, its log included
+    (RLIMIT_FSIZE, inherited by what it starts): past it, the write fails and the writer
+    gets SIGXFSZ, instead of a runaway output filling the disk until the timeout.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = to_argv(command, env.get("PATH", os.defpath))
     direct = isinstance(command, str) and argv != shell_argv(command)
+    limit_files = None if max_file_bytes is None else _file_size_limiter(max_file_bytes)
     with log_path.open("ab") as log:
         started_at = _now()
 
         def start(argv: list[str]) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_files,
             )  # fmt: skip
 
         try:
@@ -155,6 +163,21 @@ def run_command(
     )
 
 
+def _file_size_limiter(limit: int) -> Callable[[], None]:
+    """What the child runs between fork and exec to cap the size of the files it writes.
+
+    It must happen before exec: set from the parent once the child runs, the limit can
+    come after the child has already started what writes. The callable is a C function
+    with its arguments bound, so the child runs no Python code that could take a lock
+    another thread of this process held at the fork. It never asks for more than the
+    hard limit this process has, which would fail.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    return functools.partial(resource.setrlimit, resource.RLIMIT_FSIZE, (limit, limit))
+
+
 def read_tail(path: Path, max_bytes: int = TAIL_BYTES, max_lines: int = TAIL_LINES) -> str:
     """The last lines of a log file, decoded leniently."""
     try:
@@ -179,7 +202,8 @@ class _Watchdog:
         self._grace = grace
         self._exited = threading.Event()
         self.fired = False
-        self._timer = threading.Timer(timeout, self._expire)
+        # A longer wait raises OverflowError in the timer thread: the timeout would be lost.
+        self._timer = threading.Timer(min(timeout, threading.TIMEOUT_MAX), self._expire)
         self._timer.daemon = True
         self._timer.start()
 

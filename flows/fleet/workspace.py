@@ -17,7 +17,11 @@ Two git implementations, split by where the other repository is:
   names), no credentials involved.
 - Talking to a network remote runs the git CLI: creating and fetching the mirror, pushing.
   It brings the user's ssh, proxy and CA setup, a credential helper scoped to the remote's
-  host, and a timeout after which its whole process group is killed.
+  host, and a timeout after which its whole process group is killed. No git process that
+  holds the token runs in a workspace: the agent can write its `.git/config`, where an
+  `insteadOf`, `core.sshCommand`, `receivepack` or `include` would hand the token to a
+  program of its choosing. A push runs in a private, empty repository made for it, which
+  borrows the workspace's objects (read as data) and pushes to the explicit URL.
 
 Clone strategy: a workspace is a plain local clone of the mirror (hardlinked objects, no
 network, no credentials), after which `origin` is pointed at the real clone URL, so pushes
@@ -49,6 +53,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -139,10 +144,13 @@ def run_git(
     timeout: float = LOCAL_TIMEOUT,
     stdin: str | None = None,
     ok_codes: tuple[int, ...] = (0,),
+    on_behalf_of: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `git <args>` in `cwd`; raise WorkspaceError on a timeout or an exit code not in
     `ok_codes`. `url` is the remote the call may contact (it scopes the credential helper).
+    `on_behalf_of`: the folder errors name instead of `cwd` (a temporary one, say).
     """
+    where = on_behalf_of or cwd
     argv = ["git", *SAFE_CONFIG, *auth.config_args(url), *args]
     operation = f"git {_subcommand(args)}"
     try:
@@ -165,11 +173,11 @@ def run_git(
     except subprocess.TimeoutExpired:
         _stop_group(process)
         raise WorkspaceError(
-            f"{operation} timed out after {timeout:g}s in {cwd} (process group killed)"
+            f"{operation} timed out after {timeout:g}s in {where} (process group killed)"
         ) from None
     result = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
     if result.returncode not in ok_codes:
-        raise _failure(operation, cwd, result, auth)
+        raise _failure(operation, where, result, auth)
     return result
 
 
@@ -320,17 +328,29 @@ class Workspace:
         "Where we last saw it" is `refs/remotes/origin/<branch>`, which a successful push
         moves, so the lease follows our own pushes. A remote on this disk is pushed to
         in-process (`_push_in_process`); a network remote through `git push
-        --force-with-lease`, where `--no-force-if-includes` keeps a user's
-        `push.useForceIfIncludes` from changing that rule.
+        --force-with-lease=<ref>:<last seen>` from a private repository (see the module
+        docstring), where `--no-force-if-includes` keeps a user's `push.useForceIfIncludes`
+        from changing that rule.
         """
         if is_local_url(self.remote_url):
             self._push_in_process()
             return
         ref = f"refs/heads/{self.branch}"
-        lease = [f"--force-with-lease={ref}", "--no-force-if-includes"]
-        run_git(["push", "--quiet", "--no-verify", *lease, "origin", f"{ref}:{ref}"],
-                cwd=self.path, auth=self.auth, url=self.remote_url,
-                timeout=self.timeout)  # fmt: skip
+        tracking = f"refs/remotes/origin/{self.branch}"
+        with _repository(self.path, "git push") as repo:
+            head = repo.references[ref].peel(pygit2.Commit).id
+            seen = repo.references.get(tracking)
+            expected = "" if seen is None else str(seen.peel(pygit2.Commit).id)  # "": absent
+            objects = Path(repo.path, "objects").resolve()
+        with tempfile.TemporaryDirectory(prefix="fleet-push-") as outbox:
+            pygit2.init_repository(outbox, bare=True).free()
+            Path(outbox, "objects", "info", "alternates").write_text(f"{objects}\n")
+            lease = [f"--force-with-lease={ref}:{expected}", "--no-force-if-includes"]
+            run_git(["push", "--quiet", "--no-verify", *lease, self.remote_url, f"{head}:{ref}"],
+                    cwd=Path(outbox), auth=self.auth, url=self.remote_url,
+                    timeout=self.timeout, on_behalf_of=self.path)  # fmt: skip
+        with _repository(self.path, "git push") as repo:
+            repo.references.create(tracking, head, force=True)
 
     def _push_in_process(self) -> None:
         """Push to a repository on this disk: write the objects it lacks, then move its
