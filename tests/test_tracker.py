@@ -370,6 +370,49 @@ def test_a_failed_claim_step_gives_the_issue_back(gh: FakeGitHub, connect: Conne
     assert gh.label_names(issue.number) == [LABELS.ready]
 
 
+def fail_comments_once(gh: FakeGitHub, status: int = 403) -> None:
+    """The next comment POST is answered `status` (e.g. a locked issue), then all is well."""
+    original = FakeGitHub.handle
+    armed = {"on": True}
+
+    def handle(self: FakeGitHub, request: Request) -> Response:
+        if armed["on"] and request.method == "POST" and request.path.endswith("comments"):
+            armed["on"] = False
+            return Response(status, {"message": "Forbidden"})
+        return original(self, request)
+
+    gh.handle = handle.__get__(gh)  # type: ignore[method-assign]
+
+
+def test_a_failed_release_leaves_the_issue_claimed_not_unlabelled(
+    gh: FakeGitHub, connect: Connect
+) -> None:
+    """With no state label nothing would ever pick the issue up again; in-progress, a
+    sweep can release it later."""
+    issue = ready_issue(gh)
+    tracker = connect(retry=None)
+    assert tracker.claim(issue, "w1")
+    fail_comments_once(gh)
+    with pytest.raises(TrackerError, match="release acme/widgets#1"):
+        tracker.release(issue, "its run crashed")
+    assert gh.label_names(issue.number) == [LABELS.in_progress]
+    tracker.release(issue, "its run crashed")
+    assert gh.label_names(issue.number) == [LABELS.ready]
+
+
+def test_a_success_whose_comment_failed_then_failed_has_one_outcome(
+    gh: FakeGitHub, connect: Connect
+) -> None:
+    issue = ready_issue(gh)
+    tracker = connect(retry=None)
+    assert tracker.claim(issue, "w1")
+    fail_comments_once(gh)
+    with pytest.raises(TrackerError, match="finish acme/widgets#1"):
+        tracker.finish(issue, True, "Pull request: ...")
+    tracker.finish(issue, False, "could not comment")  # what the worker does next
+    assert gh.label_names(issue.number) == [LABELS.failed]
+
+
 # ----- LocalTracker ------------------------------------------------------------------------------
 
 

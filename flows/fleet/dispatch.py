@@ -45,6 +45,7 @@ ACTIVE_STATES = (
 # A Crashed run died holding its issue (a Cancelled one was stopped on purpose: left alone).
 LOST_STATES = (StateType.CRASHED,)
 SWEEP_WINDOW = 200  # the most recent lost runs looked at per poll
+RUN_HISTORY = 200  # an issue's most recent runs read back (the server's page size)
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,22 @@ def issue_of(run: FlowRun) -> int | None:
 def runs_of_issue(
     client: SyncPrefectClient, deployment_id: UUID, source: str, number: int
 ) -> list[FlowRun]:
-    """Every run this deployment made for one issue, oldest first."""
+    """The most recent runs this deployment made for one issue (RUN_HISTORY at most: an
+    active run is among them), newest first."""
     return client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
             tags=FlowRunFilterTags(all_=[issue_tag(source, number)]),
         ),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+        limit=RUN_HISTORY,
     )
+
+
+def attempt_of(run: FlowRun) -> int:
+    """The attempt a run was dispatched as (its idempotency key ends in `/<attempt>`)."""
+    suffix = (run.idempotency_key or "").rpartition("/")[2]
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def dispatch(
@@ -101,12 +110,16 @@ def dispatch(
     active = [run for run in earlier if run.state_type in ACTIVE_STATES]
     if active:
         return Dispatch(issue.number, active[0].id, active[0].name, started=False)
+    # One more than the latest attempt, not a count of runs: runs deleted since (by hand, or
+    # by the server's retention) would make a count repeat a key, and the server would hand
+    # back that old, finished run instead of starting one. Pollers racing share the key.
+    attempt = 1 + max((attempt_of(run) for run in earlier), default=-1)
     run = client.create_flow_run_from_deployment(
         deployment_id,
         parameters={**parameters, "issue_number": issue.number},
-        name=f"{issue.name}-{len(earlier) + 1}",
+        name=f"{issue.name}-{attempt + 1}",
         tags=[FLEET_TAG, source_tag(source), issue_tag(source, issue.number)],
-        idempotency_key=f"{issue_tag(source, issue.number)}/{len(earlier)}",
+        idempotency_key=f"{issue_tag(source, issue.number)}/{attempt}",
         work_queue_name=work_queue,
     )
     return Dispatch(issue.number, run.id, run.name, started=True)
@@ -134,7 +147,7 @@ def sweep_lost_runs(
     released: list[int] = []
     for number in sorted({n for run in lost if (n := issue_of(run)) is not None}):
         runs = runs_of_issue(client, deployment_id, source, number)
-        last = runs[-1] if runs else None
+        last = runs[0] if runs else None
         if last is None or last.state_type not in LOST_STATES:
             continue  # a later run exists (finished, or still going)
         try:

@@ -256,9 +256,14 @@ class GitHubTracker:
     def release(self, issue: Issue, reason: str) -> None:
         handle = self._handle(issue)
         with _api_errors(f"release {self._ref(issue)}"):
+            handle.create_comment(f"Released: {reason}")  # first: its failure moves no label
             self._remove_label(handle, self._labels.in_progress)
-            handle.create_comment(f"Released: {reason}")
-            handle.add_to_labels(self._labels.ready)  # last: from here anyone may claim it
+            try:
+                handle.add_to_labels(self._labels.ready)  # last: from here anyone may claim it
+            except _API_ERRORS:
+                with suppress(*_API_ERRORS):  # never left without a state label: still claimed
+                    handle.add_to_labels(self._labels.in_progress)
+                raise
 
     def last_claim(self, number: int) -> str | None:
         issue = Issue(number=number, title="")
@@ -338,6 +343,8 @@ class GitHubTracker:
         with _api_errors(f"finish {self._ref(issue)}"):
             handle.add_to_labels(outcome)
             self._remove_label(handle, self._labels.in_progress)
+            if not ok:  # a success whose comment failed is then failed: not both outcomes
+                self._remove_label(handle, self._labels.review)
             if comment:
                 handle.create_comment(comment)
 
@@ -724,6 +731,8 @@ class LocalTracker:
         def done(record: _LocalIssue) -> bool:
             _add(record.labels, self._labels.review if ok else self._labels.failed)
             _drop(record.labels, self._labels.in_progress)
+            if not ok:
+                _drop(record.labels, self._labels.review)
             if comment:
                 record.comments.append(comment)
             return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from flows.fleet.tools import Toolbox, scrubbed_env
 from flows.fleet.tracker import Tracker, TrackerError
 from flows.fleet.workspace import Mirror, Workspace, WorkspaceError, prepare_workspace
 from flows.pipeline.matrix import build_matrix
-from flows.pipeline.setup import cache_env, plan_setup, run_setup
+from flows.pipeline.setup import cache_env, cache_in_use, plan_setup, run_setup
 from flows.pipeline.worker import WorkerContext, run_task
 from flows.report import Status
 
@@ -112,6 +113,9 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
             _fail(run, reason or "the agent gave up")
     except (WorkspaceError, TrackerError, OSError) as exc:
         _fail(run, f"{exc.__class__.__name__}: {exc}")
+    except Exception as exc:  # a bug: the claimed issue is still labelled, not left stuck
+        log(traceback.format_exc().rstrip())  # the details stay in the fleet's own log
+        _fail(run, f"internal error ({exc.__class__.__name__}); see the fleet's log of it")
     finally:
         if workspace is not None and (
             outcome.status == "succeeded" or not ctx.settings.keep_failed_workspaces
@@ -231,12 +235,13 @@ def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
         return CheckReport(False, f"invalid checks config: {exc}")
     report_dir = ctx.report_dir / "checks" / issue.name
     env = cache_env(setup, scrubbed_env(os.environ, home=workdir))
-    if setup is not None:
-        summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log")
-        if summary.status == "failed":
-            return CheckReport(False, f"checks setup failed:\n{summary.log_tail}")
-    worker_ctx = WorkerContext(workdir=matrix.workdir, env=env, report_dir=report_dir)
-    results = [run_task(spec, "checks", worker_ctx) for spec in matrix.tasks]
+    with cache_in_use(setup):
+        if setup is not None:
+            summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log")
+            if summary.status == "failed":
+                return CheckReport(False, f"checks setup failed:\n{summary.log_tail}")
+        worker_ctx = WorkerContext(workdir=matrix.workdir, env=env, report_dir=report_dir)
+        results = [run_task(spec, "checks", worker_ctx) for spec in matrix.tasks]
     failed = [r for r in results if r.failed]
     if not failed:
         return CheckReport(True, f"all {len(results)} checks passed")
