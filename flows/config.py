@@ -8,24 +8,83 @@ setting. Runtime objects (the task matrix) are built from these models in
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from collections.abc import Hashable
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flows.notify import Notifications
 
 # libyaml's loader is ~20x faster than the pure-Python one (1000-task configs).
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+# Beyond these a number is a typo, and too large for the timer and sleep calls.
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+MAX_RETRY_DELAY_SECONDS = 24 * 3600
 
-PositiveInt = Annotated[int, Field(strict=True, gt=0)]
-NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
-PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegativeSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+def _command_runnable(value: str | list[str]) -> str | list[str]:
+    parts = [value] if isinstance(value, str) else value
+    if not parts:
+        raise ValueError("the command list is empty")
+    if not parts[0].strip():
+        raise ValueError(
+            "command is empty" if isinstance(value, str) else "the program (first item) is empty"
+        )
+    if any("\0" in part for part in parts):
+        raise ValueError("the command contains a NUL byte")
+    return value
+
+
+def _relative_path(value: str) -> str:
+    """A path or glob that cannot leave the folder it is relative to."""
+    path = _relative(value)
+    if ".." in path.parts:
+        raise ValueError("must be a relative path that stays inside its folder (no '..')")
+    return value
+
+
+def _relative(value: str) -> PurePosixPath:
+    if not value:
+        raise ValueError("the path is empty")
+    if "\0" in value:
+        raise ValueError("the path contains a NUL byte")
+    path = PurePosixPath(value)
+    if path.is_absolute():
+        raise ValueError("must be a relative path")
+    return path
+
+
+def _relative_glob(value: str) -> str:
+    """A glob relative to its folder (pathlib cannot glob an absolute or empty pattern)."""
+    _relative(value)
+    return value
+
+
+def _env_runnable(env: dict[str, str]) -> dict[str, str]:
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(
+                f"invalid variable name {name!r}: it must be non-empty, without '=' or NUL"
+            )
+        if "\0" in value:
+            raise ValueError(f"the value of {name} contains a NUL byte")
+    return env
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+ExitCode = Annotated[int, Field(ge=0, le=255)]
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)]
+RetryDelaySeconds = Annotated[float, Field(ge=0, le=MAX_RETRY_DELAY_SECONDS, allow_inf_nan=False)]
+RelativePath = Annotated[str, AfterValidator(_relative_path)]  # stays inside its folder
+RelativeGlob = Annotated[str, AfterValidator(_relative_glob)]  # may reach up with '..'
+Env = Annotated[dict[str, str], AfterValidator(_env_runnable)]
 # A command is a shell string (run with /bin/sh -c) or an argv list (run without a shell).
-Command = str | Annotated[list[str], Field(min_length=1)]
+Command = Annotated[str | list[str], AfterValidator(_command_runnable)]
 
 
 class ConfigError(Exception):
@@ -40,7 +99,8 @@ class ConfigError(Exception):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion, so `timeout: true` or `fail_fast: "yes"` is an error, not 1 or True.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Scaling(StrictModel):
@@ -50,18 +110,18 @@ class Scaling(StrictModel):
 
 
 class TaskDefaults(StrictModel):
-    timeout: PositiveSeconds = Field(
+    timeout: TimeoutSeconds = Field(
         default=600, description="Seconds; on timeout the whole process group is killed."
     )
     retries: NonNegativeInt = Field(default=0, description="Extra attempts after a failure.")
-    retry_delay: NonNegativeSeconds = Field(
+    retry_delay: RetryDelaySeconds = Field(
         default=5, description="Seconds before the first retry, doubling on each retry."
     )
     continue_on_error: bool = Field(
         default=True,
         description="False: a failure of this task skips the tiers after its own.",
     )
-    skip_exit_codes: list[int] = Field(
+    skip_exit_codes: list[ExitCode] = Field(
         default_factory=list,
         description="Exit codes meaning 'could not run here' (e.g. 77): reported as skipped.",
     )
@@ -71,7 +131,7 @@ class SetupConfig(StrictModel):
     run: Annotated[list[Command], Field(min_length=1)] = Field(
         description="Commands run once, in order, before tier 1."
     )
-    cache_key_files: list[str] = Field(
+    cache_key_files: list[RelativeGlob] = Field(
         default_factory=list,
         description="Files (relative to workdir) whose content hash keys the setup cache.",
     )
@@ -84,30 +144,23 @@ class SetupConfig(StrictModel):
         description="Root of the setup cache (relative to the config file); "
         "default $XDG_CACHE_HOME/prefect-parallel-agents/setup.",
     )
-    timeout: PositiveSeconds = Field(default=1800, description="Seconds for each command.")
-    env: dict[str, str] = Field(default_factory=dict)
+    timeout: TimeoutSeconds = Field(default=1800, description="Seconds for each command.")
+    env: Env = Field(default_factory=dict)
 
 
 class TaskConfig(StrictModel):
     name: str = Field(pattern=TASK_NAME_PATTERN, description="Unique, [a-z0-9-]+.")
     priority: PositiveInt = Field(description="Tier: 1 runs first.")
     run: Command
-    timeout: PositiveSeconds | None = None
+    timeout: TimeoutSeconds | None = None
     retries: NonNegativeInt | None = None
-    retry_delay: NonNegativeSeconds | None = None
+    retry_delay: RetryDelaySeconds | None = None
     continue_on_error: bool | None = None
-    skip_exit_codes: list[int] | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    artifacts: list[str] = Field(
+    skip_exit_codes: list[ExitCode] | None = None
+    env: Env = Field(default_factory=dict)
+    artifacts: list[RelativePath] = Field(
         default_factory=list, description="Globs (relative to workdir) collected after the run."
     )
-
-    @field_validator("run")
-    @classmethod
-    def _command_not_blank(cls, value: Command) -> Command:
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("command is empty")
-        return value
 
 
 class PipelineConfig(StrictModel):
@@ -175,7 +228,17 @@ def describe_validation_error(error: Any) -> tuple[str, str]:
         message = f"must match {wanted}; got {given!r}"
     elif given is not None and not isinstance(given, dict | list):
         message = f"{message}; got {given!r}"
+    if kind == "float_type" and isinstance(given, str) and _looks_like_a_number(given):
+        message += " (YAML reads a number like 1e3 as text: write 1000 or 1.0e+3)"
     return format_loc(loc), message
+
+
+def _looks_like_a_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_union_tag(part: str | int) -> bool:
@@ -202,9 +265,30 @@ def load_config(path: Path | str) -> PipelineConfig:
     data = read_yaml(path)
     config = parse_config(data, path)
     workdir = resolve_workdir(path, config)
-    if not workdir.is_dir():
+    if not workdir.exists():
         raise ConfigError(path, "workdir", f"folder {str(workdir)!r} does not exist")
+    if not workdir.is_dir():
+        raise ConfigError(path, "workdir", f"{str(workdir)!r} is not a folder")
     return config
+
+
+class _UniqueKeyLoader(_YAML_LOADER):  # type: ignore[misc,valid-type]
+    """Refuses a key given twice in one mapping (PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
 
 def read_yaml(path: Path) -> Any:
@@ -212,10 +296,10 @@ def read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(path, "", "file not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, "", f"cannot read the file ({exc.__class__.__name__})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read the file ({_reason(exc)})") from None
     try:
-        return yaml.load(text, Loader=_YAML_LOADER)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -224,5 +308,45 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(path, "", f"invalid YAML: {exc}") from None
 
 
+def resolve_config_path(path: Path) -> Path:
+    """The absolute path of a config file; a ConfigError where it cannot be resolved."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(path, "", f"cannot read the file ({_reason(exc)})") from None
+
+
 def resolve_workdir(config_path: Path, config: PipelineConfig) -> Path:
-    return (config_path.parent / config.workdir).resolve()
+    return _resolve(config_path.parent / config.workdir, config_path, "workdir")
+
+
+def resolve_folder(path: Path, file: Path | str, field: str) -> Path:
+    """`path` resolved, if it is a folder, or its nearest existing parent is a folder we may
+    create folders in; else a ConfigError. Creates nothing: runs that share a folder (the
+    checks of parallel issues share the setup cache) may check it at the same moment."""
+    path = _resolve(path, file, field)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(file, field, f"{str(existing)!r} is not a folder")
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            file, field, f"cannot create the folder {str(path)!r} (no write access to {existing})"
+        )
+    return path
+
+
+def _resolve(path: Path, file: Path | str, field: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(file, field, f"cannot resolve {str(path)!r} ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, RuntimeError):  # pathlib's resolve() on a symlink loop (Python < 3.13)
+        return "symlink loop"
+    if isinstance(exc, ValueError):  # os functions refuse a path with a NUL byte
+        return str(exc)
+    return exc.__class__.__name__

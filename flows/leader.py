@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +56,8 @@ class LeaderPlan(Generic[U, R]):
     describe: Callable[[U], str] = field(default=lambda unit: "")
     tier_barriers: bool = True  # False: priorities order the queue, no tier waits for another
     notifications: Notifications | None = None  # told how the run ended
+    # what the run holds from setup to its last unit (e.g. its setup cache, against pruning)
+    holding: Callable[[], AbstractContextManager[Any]] = nullcontext
 
     @property
     def units(self) -> list[U]:
@@ -98,15 +100,16 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
     for observer in observers:
         observer.run_started(str(flow_run_id) if flow_run_id else None)
     try:
-        setup = _run_setup(plan.setup)
-        if setup.status == "failed":
-            results = [plan.skipped(unit, "setup failed") for unit in plan.units]
-            timings: list[TierTiming] = []
-            for result in results:
-                for observer in observers:
-                    observer.unit_finished(result)
-        else:
-            results, timings = _run_tiers(plan, [progress, *observers])
+        with plan.holding():
+            setup = _run_setup(plan.setup)
+            if setup.status == "failed":
+                results = [plan.skipped(unit, "setup failed") for unit in plan.units]
+                timings: list[TierTiming] = []
+                for result in results:
+                    for observer in observers:
+                        observer.unit_finished(result)
+            else:
+                results, timings = _run_tiers(plan, [progress, *observers])
         ended_at = datetime.now(UTC)
         wall_s = time.perf_counter() - clock
         report = Report(

@@ -97,7 +97,9 @@ def check_title_template(template: str) -> None:
         raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use {known}")
     try:
         template.format_map(_SAMPLE_TITLE_VALUES)
-    except (ValueError, TypeError) as exc:
+    except KeyError as exc:  # a placeholder nested in a format spec, e.g. {name:>{width}}
+        raise ValueError(f"unknown placeholder {{{exc.args[0]}}}") from None
+    except (ValueError, TypeError, IndexError) as exc:
         raise ValueError(f"not a valid template ({exc})") from None
 
 

@@ -4,6 +4,7 @@ three forms (report.json, report.md, and the rows of Prefect table artifacts).""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -211,9 +212,17 @@ def render_markdown(report: Report) -> str:
     if failures:
         lines += ["## Failures", ""]
         for r in failures:
-            lines += [f"### {r.name} ({r.status})", "", "```", _last_lines(r.log_tail, 15), "```"]
+            tail = _last_lines(r.log_tail, 15)
+            fence = _fence_for(tail)
+            lines += [f"### {r.name} ({r.status})", "", fence, tail, fence]
             lines.append("")
     return "\n".join(lines)
+
+
+def _fence_for(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so none closes it early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def _setup_text(setup: SetupSummary) -> str:

@@ -184,6 +184,8 @@ def test_render_mentions_a_failed_setup() -> None:
          "unknown placeholder {nme}"),
         ('{urls: ["json://127.0.0.1/x"], title: "{name:d}"}', "notifications.title",
          "not a valid template"),
+        ('{urls: ["json://127.0.0.1/x"], title: "{name:>{width}}"}', "notifications.title",
+         "unknown placeholder {width}"),
     ],
 )  # fmt: skip
 def test_bad_notifications_name_the_field(

@@ -13,7 +13,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows._prefect import state_result
+from flows.config import MAX_RETRY_DELAY_SECONDS, ConfigError
 from flows.pipeline.flow import pipeline
+from flows.pipeline.matrix import TaskSpec
+from flows.pipeline.worker import WorkerContext, collect_artifacts, run_task
 from flows.report import Report, UnitResult
 from tests.conftest import run_cli, wait_until_gone, write_config
 
@@ -237,6 +240,40 @@ def test_report_files_artifacts_and_task_run_names(tmp_path: Path) -> None:
     assert "# Pipeline report: reported" in str(artifacts["pipeline-reported-report"].data)
 
 
+def test_artifacts_never_leave_the_workdir_or_the_artifacts_folder(tmp_path: Path) -> None:
+    workdir, outside = tmp_path / "repo", tmp_path / "outside"
+    workdir.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    (workdir / "link").symlink_to(outside)
+    (workdir / "app.whl").write_text("wheel")
+    ctx = WorkerContext(workdir=workdir, env={}, report_dir=tmp_path / "report")
+    # Patterns the config refuses, and a symlink inside the workdir that leads out.
+    patterns = ("../outside/secret", "../repo/app.whl", str(outside / "secret"), "link/*")
+    spec = TaskSpec(name="t", priority=1, run="true", timeout=5, retries=0, retry_delay=0,
+                    continue_on_error=True, artifacts=("app.whl", *patterns))  # fmt: skip
+    collected, missing, refused = collect_artifacts(spec, ctx)
+    assert [a.path for a in collected] == ["artifacts/t/app.whl"] and not missing
+    assert len(refused) == len(patterns)
+    copied = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
+    assert sorted(map(str, copied)) == [
+        "outside/secret",
+        "repo/app.whl",
+        "report/artifacts/t/app.whl",
+    ]
+    result = run_task(spec, "w1", ctx)
+    assert result.status == "failed" and "outside the workdir refused" in result.log_tail
+
+
+def test_doubling_retry_delay_stops_at_the_maximum(tmp_path: Path) -> None:
+    sleeps: list[float] = []
+    ctx = WorkerContext(workdir=tmp_path, env={}, report_dir=tmp_path / "r", sleep=sleeps.append)
+    spec = TaskSpec(name="t", priority=1, run=["false"], timeout=5, retries=40,
+                    retry_delay=1, continue_on_error=True)  # fmt: skip
+    assert run_task(spec, "w1", ctx).attempts == 41
+    assert sleeps[:3] == [1, 2, 4] and max(sleeps) == MAX_RETRY_DELAY_SECONDS
+
+
 def test_units_sharing_a_slot_are_siblings_in_the_flow_run(tmp_path: Path) -> None:
     """Each unit is submitted by the thread of the one that freed its slot, yet every
     task run is a direct child of the flow run, not of the unit before it."""
@@ -289,3 +326,14 @@ def test_cli_exit_codes_and_dry_run(tmp_path: Path, cli_env: dict[str, str]) -> 
     )
     assert failed.returncode == 1
     assert "❌ p1 a" in failed.stdout
+
+
+def test_a_report_dir_parameter_that_cannot_be_a_folder_is_named_as_such(
+    tmp_path: Path,
+) -> None:
+    """A deployment's run gets the report dir as a flow parameter, not as an option."""
+    config = write_config(tmp_path, 'name: x\ntasks: [{name: a, priority: 1, run: "true"}]\n')
+    state = pipeline(config_path=str(config), report_dir="/dev/null/report", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match=r"^flow parameters: report_dir: '/dev/null' is not a"):
+        state.result()

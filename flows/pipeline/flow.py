@@ -8,10 +8,10 @@ from typing import Any
 
 from prefect import State, flow
 
-from flows.config import load_config
+from flows.config import load_config, resolve_folder
 from flows.leader import LeaderPlan, lead, report_state
 from flows.pipeline.matrix import Matrix, TaskSpec, build_matrix
-from flows.pipeline.setup import cache_env, plan_setup, run_setup
+from flows.pipeline.setup import cache_env, cache_in_use, plan_setup, run_setup
 from flows.pipeline.worker import WorkerContext, crashed_result, run_task, skipped_result
 from flows.report import UnitResult
 from flows.rss import RssSampler
@@ -26,12 +26,17 @@ def pipeline_plan(
     report_dir: Path | None = None,
     max_parallel: int | None = None,
     cache_root: Path | None = None,
+    report_dir_given_as: tuple[str, str] = ("command line", "--report-dir"),
 ) -> tuple[Matrix, LeaderPlan[TaskSpec, UnitResult]]:
-    """Validate a config and turn it into a leader plan; raises ConfigError."""
+    """Validate a config and turn it into a leader plan; raises ConfigError (naming
+    `report_dir_given_as`, source and name, for an unusable `report_dir`)."""
     config = load_config(config_path)
     matrix = build_matrix(config, config_path, max_parallel)
     setup = plan_setup(config, config_path, matrix.workdir, cache_root)
-    report_dir = (report_dir or default_report_dir(matrix.workdir)).resolve()
+    if report_dir is not None:
+        report_dir = resolve_folder(report_dir, *report_dir_given_as)
+    else:
+        report_dir = resolve_folder(default_report_dir(matrix.workdir), config_path, "workdir")
     ctx = WorkerContext(
         workdir=matrix.workdir,
         env=cache_env(setup, os.environ),
@@ -55,6 +60,7 @@ def pipeline_plan(
         ),
         describe=lambda spec: spec.command_text,
         notifications=config.notifications,
+        holding=lambda: cache_in_use(setup),
     )
     return matrix, plan
 
@@ -74,5 +80,6 @@ def pipeline(
         Path(report_dir) if report_dir else None,
         max_parallel,
         Path(cache_root) if cache_root else None,
+        report_dir_given_as=("flow parameters", "report_dir"),
     )
     return report_state(lead(plan))

@@ -19,13 +19,13 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from flows.commands import read_tail, run_command
-from flows.config import Command, ConfigError, PipelineConfig, SetupConfig
+from flows.config import Command, ConfigError, PipelineConfig, SetupConfig, resolve_folder
 from flows.report import SetupSummary
 
 MARKER = ".complete"
@@ -55,17 +55,20 @@ def default_cache_root() -> Path:
 def plan_setup(
     config: PipelineConfig, config_path: Path, workdir: Path, cache_root: Path | None = None
 ) -> SetupPlan | None:
-    """Resolve the setup of a config; raise ConfigError for a missing cache key file."""
+    """Resolve the setup of a config; raise ConfigError for a missing cache key file or a
+    cache folder that cannot be one."""
     setup = config.setup
     if setup is None:
         return None
-    if cache_root is None:
-        cache_root = (
-            (config_path.parent / setup.cache_dir).resolve()
-            if setup.cache_dir
-            else default_cache_root()
+    if cache_root is not None:
+        cache_root = resolve_folder(cache_root, "flow parameters", "cache_root")
+    elif setup.cache_dir:
+        cache_root = resolve_folder(
+            config_path.parent / setup.cache_dir, config_path, "setup.cache_dir"
         )
-    key = cache_key(setup, workdir, config_path)
+    else:
+        cache_root = resolve_folder(default_cache_root(), "environment", "XDG_CACHE_HOME")
+    key = cache_key(setup, workdir, config_path, ignore=cache_root)
     return SetupPlan(
         commands=tuple(setup.run),
         key=key,
@@ -76,12 +79,20 @@ def plan_setup(
     )
 
 
-def cache_key(setup: SetupConfig, workdir: Path, config_path: Path) -> str:
-    """sha256 over the setup's commands and settings and the content of its key files."""
+def cache_key(
+    setup: SetupConfig, workdir: Path, config_path: Path, ignore: Path | None = None
+) -> str:
+    """sha256 over the setup's commands and settings and the content of its key files;
+    files under `ignore` (the cache root, when it is inside the workdir: what setup itself
+    writes) are left out, or every run would change the next one's key."""
     digest = hashlib.sha256()
     digest.update(json.dumps([setup.run, setup.path, setup.env], sort_keys=True).encode())
     for index, pattern in enumerate(setup.cache_key_files):
-        matches = sorted(p for p in workdir.glob(pattern) if p.is_file())
+        matches = sorted(
+            p
+            for p in workdir.glob(pattern)
+            if p.is_file() and not (ignore and p.resolve().is_relative_to(ignore))
+        )
         if not matches:
             raise ConfigError(
                 config_path,
@@ -117,6 +128,7 @@ def run_setup(
     log_path.write_text("")
     with _locked(plan.cache_dir.with_name(plan.cache_dir.name + ".lock")):
         if plan.hit:
+            os.utime(plan.cache_dir / MARKER)  # pruning keeps the most recently used
             log_path.write_text(f"cache hit: {plan.cache_dir}\n")
             return _summary(plan, started, hit=True, ok=True, log_path=log_path)
         if plan.cache_dir.exists():
@@ -138,16 +150,35 @@ def run_setup(
 
 
 def prune_old_caches(pipeline_root: Path, keep: int) -> None:
-    """Remove all but the `keep` most recently completed caches of one pipeline."""
-    done = sorted(
-        (p for p in pipeline_root.iterdir() if (p / MARKER).is_file()),
-        key=lambda p: (p / MARKER).stat().st_mtime,
-        reverse=True,
-    )
-    for old in done[keep:]:
-        with _locked(old.with_name(old.name + ".lock"), blocking=False) as acquired:
-            if acquired:
+    """Remove all but the `keep` most recently used caches of one pipeline, skipping any
+    that is being built or used (see `cache_in_use`)."""
+    done = []
+    for path in pipeline_root.iterdir():
+        with suppress(FileNotFoundError, NotADirectoryError):  # unfinished, lock, or gone
+            done.append(((path / MARKER).stat().st_mtime, path))
+    for _, old in sorted(done, reverse=True)[keep:]:
+        with (
+            _locked(old.with_name(old.name + ".lock"), blocking=False) as building,
+            _locked(_use_lock(old), blocking=False) as used,
+        ):
+            if building and used:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def cache_in_use(plan: SetupPlan | None) -> Iterator[None]:
+    """Hold the setup cache of `plan` for a run's whole length (a shared lock), so that no
+    other run, building another key, prunes it while this one's tasks still use it."""
+    if plan is None:
+        yield
+        return
+    plan.cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(_use_lock(plan.cache_dir), shared=True):
+        yield
+
+
+def _use_lock(cache_dir: Path) -> Path:
+    return cache_dir.with_name(cache_dir.name + ".use")
 
 
 def _summary(
@@ -164,9 +195,11 @@ def _summary(
 
 
 @contextmanager
-def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+def _locked(path: Path, blocking: bool = True, shared: bool = False) -> Iterator[bool]:
+    """Hold flock on `path` (exclusive, or shared); yields False when `blocking` is off and
+    the lock is taken."""
     with path.open("a") as handle:
-        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
         try:
             fcntl.flock(handle, flags)
         except BlockingIOError:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows.commands import CommandOutcome, read_tail, run_command
+from flows.config import MAX_RETRY_DELAY_SECONDS
 from flows.pipeline.matrix import TaskSpec
 from flows.report import ArtifactFile, Status, UnitResult
 from flows.rss import RssSampler
@@ -59,12 +60,15 @@ def run_task(spec: TaskSpec, worker: str, ctx: WorkerContext) -> UnitResult:
         if attempt < attempts:
             _log(log_path, f"── {status.replace('_', ' ')}; retrying in {delay:g}s")
             ctx.sleep(delay)
-            delay *= 2
+            delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)  # unbounded doubling overflows sleep()
     artifacts: list[ArtifactFile] = []
     if status == "succeeded" and spec.artifacts:
-        artifacts, missing = collect_artifacts(spec, ctx)
+        artifacts, missing, refused = collect_artifacts(spec, ctx)
         if missing:
             _log(log_path, f"── artifact pattern(s) matched no file: {', '.join(missing)}")
+            status = "failed"
+        if refused:
+            _log(log_path, f"── artifact(s) outside the workdir refused: {', '.join(refused)}")
             status = "failed"
     return UnitResult(
         name=spec.name,
@@ -82,25 +86,44 @@ def run_task(spec: TaskSpec, worker: str, ctx: WorkerContext) -> UnitResult:
     )
 
 
-def collect_artifacts(spec: TaskSpec, ctx: WorkerContext) -> tuple[list[ArtifactFile], list[str]]:
-    """Copy files matching the task's globs into <report_dir>/artifacts/<task>/."""
+def collect_artifacts(
+    spec: TaskSpec, ctx: WorkerContext
+) -> tuple[list[ArtifactFile], list[str], list[str]]:
+    """Copy files matching the task's globs into <report_dir>/artifacts/<task>/.
+
+    Returns the copies, the patterns that matched nothing, and the patterns or matches
+    refused because they lead outside the workdir or the task's artifacts folder (the
+    config refuses such patterns already; a symlink in the workdir can still lead out).
+    """
     collected: list[ArtifactFile] = []
     missing: list[str] = []
-    target_root = ctx.report_dir / "artifacts" / spec.name
+    refused: list[str] = []
+    workdir = ctx.workdir.resolve()
+    report_dir = ctx.report_dir.resolve()
+    target_root = report_dir / "artifacts" / spec.name
     for pattern in spec.artifacts:
-        matches = sorted(p for p in ctx.workdir.glob(pattern) if p.is_file())
+        if Path(pattern).is_absolute():
+            refused.append(pattern)
+            continue
+        matches = sorted(p for p in workdir.glob(pattern) if p.is_file())
         if not matches:
             missing.append(pattern)
         for source in matches:
-            target = target_root / source.relative_to(ctx.workdir)
+            target = target_root / source.relative_to(workdir)
+            if not _inside(source, workdir) or not _inside(target, target_root):
+                refused.append(str(source))
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
             collected.append(
-                ArtifactFile(
-                    path=str(target.relative_to(ctx.report_dir)), bytes=target.stat().st_size
-                )
+                ArtifactFile(path=str(target.relative_to(report_dir)), bytes=target.stat().st_size)
             )
-    return collected, missing
+    return collected, missing, refused
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, with its symlinks and `..` resolved, is in `folder` (resolved)."""
+    return path.resolve().is_relative_to(folder)
 
 
 def skipped_result(spec: TaskSpec, reason: str) -> UnitResult:
