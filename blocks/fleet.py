@@ -22,7 +22,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 
 from flows._prefect import api_url_for_messages
 from flows.config import ConfigError, format_loc
-from flows.fleet.config import BLOCK_NAME_PATTERN, REPO_PATTERN, FleetConfig, LabelNames
+from flows.fleet.config import BLOCK_NAME_PATTERN, FleetConfig, LabelNames, RepoName
 from flows.fleet.cost import UnknownModelError, price_for
 
 DEFAULT_GITHUB_API = "https://api.github.com"
@@ -43,7 +43,7 @@ class FleetGitHub(Block):
         '```python\nfrom blocks import FleetGitHub\n\ngithub = FleetGitHub.load("BLOCK_NAME")\n```'
     )
 
-    repository: str = Field(pattern=REPO_PATTERN, description="OWNER/NAME")
+    repository: RepoName = Field(description="OWNER/NAME")
     token: SecretStr = Field(description="A GitHub token with repo access.")
     api_url: str = Field(
         default=DEFAULT_GITHUB_API,

@@ -45,6 +45,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import ConfigError
+from flows.logs import quiet_loggers
 from flows.report import UnitResult
 
 R = TypeVar("R", bound=UnitResult)
@@ -588,23 +589,9 @@ def drain_prefect_workers(timeout: float = 30) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    with _quiet_loggers(EventsWorker.__name__, APILogWorker.__name__):
+    with quiet_loggers(EventsWorker.__name__, APILogWorker.__name__):
         EventsWorker.drain_all(timeout=timeout)
         APILogWorker.drain_all(timeout=timeout)
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
-    """Only errors from the loggers `names` inside the block (their levels restored)."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def _free_port() -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import re
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 from uuid import UUID
 
 from flows import _prefect
-from flows.config import ConfigError
+from flows.config import ConfigError, resolve_config_path, resolve_folder
 from flows.logs import show_project_logs
 from flows.report import Report
 
@@ -36,6 +37,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite, non-negative number, got {text!r}")
     return value
 
 
@@ -76,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--workspace", help="workspace root (default ./parallel_workspace, "
                        "or $WORKSPACE_DIR)")  # fmt: skip
     fleet.add_argument("--report-dir", type=Path, help="default <workspace>/.fleet/report")
-    fleet.add_argument("--monitor-duration", type=float, default=0.0,
+    fleet.add_argument("--monitor-duration", type=seconds, default=0.0,
                        help="keep polling for new issues for this many seconds")  # fmt: skip
     fleet.add_argument("--mock-issues", type=int, help="test mode: mock issues to add")
     fleet.add_argument("--agent-seconds", type=float, help="test mode: time per simulated agent")
@@ -146,7 +157,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     from flows.pipeline.flow import pipeline, pipeline_plan
     from flows.pipeline.matrix import describe_matrix
 
-    config_path = args.config.resolve()
+    config_path = resolve_config_path(args.config)
     matrix, plan = pipeline_plan(config_path, args.report_dir, args.max_parallel)
     print(describe_matrix(matrix), flush=True)
     if args.dry_run:
@@ -179,17 +190,24 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     if args.simulate:
         overrides["simulate"] = True
     settings = load_fleet_config(args.config, overrides)
+    workspace_source = (
+        ("command line", "--workspace") if args.workspace else ("fleet settings", "workspace")
+    )
+    workspace = resolve_folder(Path(settings.workspace), *workspace_source)
+    report_root = (
+        resolve_folder(args.report_dir, "command line", "--report-dir")
+        if args.report_dir
+        else resolve_folder(default_report_dir(settings), *workspace_source)
+    )
     if settings.mode == "distributed":
         _prefect.require_api("distributed mode")
         check_pool_ready()
-        # the runs work in the deployment's directory, not this one
-        overrides["workspace"] = str(Path(settings.workspace).resolve())
+        overrides["workspace"] = str(workspace)  # the runs work in the deployment's directory
     connect(settings)  # bad tokens, repositories or labels fail here, before any work
     overrides["mock_issues"] = 0  # test mode: the issues were just added
-    report_root = (args.report_dir or default_report_dir(settings)).resolve()
-    config_path = str(args.config.resolve()) if args.config else None
+    config_path = str(resolve_config_path(args.config)) if args.config else None
     deadline = time.monotonic() + args.monitor_duration
-    reports: list[Report] = []
+    reports: list[tuple[Report, Path]] = []
     with leader_run(f"fleet {settings.repo or 'test'}", args.verbose) as started_server:
         while True:
             report_dir = (
@@ -198,17 +216,17 @@ def run_fleet_command(args: argparse.Namespace) -> int:
             state = fleet(config_path=config_path, overrides=overrides,
                           report_dir=str(report_dir), return_state=True)  # fmt: skip
             report = finished_report(state, started_server)
-            reports.append(report)
+            reports.append((report, report_dir))
             if time.monotonic() >= deadline:
                 break
             if not report.tasks:
                 time.sleep(
                     min(settings.poll_interval_seconds, max(0.0, deadline - time.monotonic()))
                 )
-    for report in reports:
+    for report, report_dir in reports:
         if report.tasks or len(reports) == 1:
-            print_summary(report, report_root, temporary_ui=started_server)
-    return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+            print_summary(report, report_dir, temporary_ui=started_server)
+    return EXIT_OK if all(report.ok for report, _ in reports) else EXIT_FAILED
 
 
 def run_init_command(args: argparse.Namespace) -> int:

@@ -65,6 +65,18 @@ def test_mode_resolves_every_issue_with_a_pull_request(
     assert {t["worker"] for t in tasks} <= {"worker-01", "worker-02", "worker-03"}
 
 
+def test_monitoring_polls_again_and_names_each_polls_report(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    workspace = tmp_path / "ws"
+    args = fleet_args(workspace, "--mock-issues", "2", "--monitor-duration", "4")
+    result = run_cli(args, cli_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first = workspace / ".fleet" / "report" / "poll-1" / "report.md"
+    assert f"report: {first} and report.json" in result.stdout  # where it really is
+    assert first.is_file() and (first.parent.parent / "poll-2" / "report.json").is_file()
+
+
 def test_failure_isolation_and_kept_workspaces(tmp_path: Path, cli_env: dict[str, str]) -> None:
     workspace = tmp_path / "ws"
     result = run_cli(
@@ -130,10 +142,15 @@ def test_rerun_after_a_crash_updates_the_existing_pull_request(
     [
         (["--mode", "local"], "repo: required in local mode"),
         (["--mode", "local", "--repo", "acme/widgets"], "GITHUB_TOKEN: not set"),
-        (["--mode", "local", "--repo", "acme/widgets; rm -rf /"], "repo: must match"),
+        (["--mode", "local", "--repo", "acme/widgets; rm -rf /"], "--repo: must match"),
+        (["--mode", "local", "--repo", "../.."], "--repo: not a repository name"),
         (["--mode", "distributed"], "'resolve-issue/resolve-issue' not found: deploy it first"),
         (["--workers", "0"], "--workers: expected a positive integer"),
-        (["--failure-rate", "2"], "failure_rate: Input should be less than or equal to 1"),
+        (["--failure-rate", "2"], "--failure-rate: Input should be less than or equal to 1"),
+        (["--agent-seconds", "inf"], "--agent-seconds: Input should be a finite number"),
+        (["--monitor-duration", "nan"], "--monitor-duration: expected a finite, non-negative"),
+        (["--workspace", "/dev/null"], "--workspace: '/dev/null' is not a folder"),
+        (["--report-dir", "/dev/null/report"], "--report-dir: '/dev/null' is not a folder"),
     ],
 )
 def test_bad_input_is_a_clear_error(
@@ -144,6 +161,20 @@ def test_bad_input_is_a_clear_error(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unreachable_github_is_one_line_naming_where(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    env = {**cli_env, "GITHUB_API_URL": "http://127.0.0.1:9", "GITHUB_TOKEN": "t",
+           "ANTHROPIC_API_KEY": "k"}  # fmt: skip
+    args = ["fleet", "--workspace", str(tmp_path / "ws"), "--mode", "local", "--repo", "a/b"]
+    result = run_cli(args, env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: GitHub at http://127.0.0.1:9: repo: open repository a/b: "
+        "GitHub unreachable (ConnectionError)"
+    )  # and no line per retry of the client
 
 
 def bare_repo(path: Path) -> Path:

@@ -7,34 +7,71 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
-from flows.config import TASK_NAME_PATTERN, ConfigError, describe_validation_error, read_yaml
+from flows.config import (
+    TASK_NAME_PATTERN,
+    ConfigError,
+    NonNegativeInt,
+    PositiveInt,
+    RelativePath,
+    describe_validation_error,
+    read_yaml,
+)
 from flows.fleet import models
 from flows.notify import Notifications
 
-PositiveInt = Annotated[int, Field(strict=True, gt=0)]
-NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+DAY_S = 86_400.0
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Durations are finite and at most a day: a sleep or a timer of 1e300 s crashes Python.
+Seconds = Annotated[float, Field(ge=0, le=DAY_S, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=DAY_S, allow_inf_nan=False)]
 REPO_PATTERN = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 BLOCK_NAME_PATTERN = TASK_NAME_PATTERN  # Prefect block names: lowercase letters, digits, dashes
+MAX_LABEL_CHARS = 50  # GitHub's limit
+
+
+def _repository_name(value: str) -> str:
+    """OWNER/NAME, neither of them "." or "..": those would change the API's URL path."""
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("not a repository name (OWNER/NAME)")
+    return value
+
+
+RepoName = Annotated[str, Field(pattern=REPO_PATTERN), AfterValidator(_repository_name)]
+# A label name as GitHub takes it; a comma would split it in GitHub's label filters.
+LabelName = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, pattern=r"^[^,]+$")]
 
 
 class LabelNames(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    ready: str = models.READY_LABEL
-    in_progress: str = models.IN_PROGRESS_LABEL
-    review: str = models.REVIEW_LABEL
-    failed: str = models.FAILED_LABEL
-    priority_prefix: str = Field(default="priority:", description="priority:1 runs first")
+    ready: LabelName = models.READY_LABEL
+    in_progress: LabelName = models.IN_PROGRESS_LABEL
+    review: LabelName = models.REVIEW_LABEL
+    failed: LabelName = models.FAILED_LABEL
+    priority_prefix: LabelName = Field(default="priority:", description="priority:1 runs first")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LabelNames:
+        names = [self.ready, self.in_progress, self.review, self.failed]
+        if len(set(names)) < len(names):
+            raise ValueError(f"the four labels must differ, got {names}")
+        return self
 
 
 class FleetConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     mode: Literal["test", "local", "distributed"] = "test"
-    repo: str | None = Field(default=None, pattern=REPO_PATTERN, description="OWNER/NAME")
+    repo: RepoName | None = Field(default=None, description="OWNER/NAME")
     workers: PositiveInt = 3
     processes: NonNegativeInt | None = Field(
         default=None,
@@ -42,23 +79,25 @@ class FleetConfig(BaseModel):
         "leader); default: one per CPU core for runs of 100 issues or more on 8 workers "
         "or more, else 0",
     )
-    workspace: str = Field(default="./parallel_workspace", description="or $WORKSPACE_DIR")
+    workspace: str = Field(
+        default="./parallel_workspace", min_length=1, description="or $WORKSPACE_DIR"
+    )
     keep_failed_workspaces: bool = True
     labels: LabelNames = Field(default_factory=LabelNames)
     model: str = "claude-sonnet-4-5"
     max_tokens: PositiveInt = 8192
     max_turns: PositiveInt = 40
     budget_usd_per_issue: PositiveFloat = 5.0
-    command_timeout: PositiveFloat = 300
+    command_timeout: PositiveSeconds = 300
     max_revisions: NonNegativeInt = 3
     auto_merge_on_approval: bool = True
-    max_agent_retries: NonNegativeInt = 2
-    retry_backoff_seconds: Annotated[float, Field(ge=0)] = 5
-    checks_config: str | None = Field(
+    max_agent_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    retry_backoff_seconds: Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)] = 5
+    checks_config: RelativePath | None = Field(
         default=".multi-agent.yml",
         description="Pipeline config inside the target repository whose tasks are the checks",
     )
-    poll_interval_seconds: PositiveFloat = 30
+    poll_interval_seconds: PositiveSeconds = 30
     requeue_interrupted_claims: bool = Field(
         default=False,
         description="each poll puts back issues whose claim a lost reply interrupted; only "
@@ -84,8 +123,8 @@ class FleetConfig(BaseModel):
     )
     # test mode (and simulate) only
     mock_issues: NonNegativeInt = 5
-    agent_seconds: Annotated[float, Field(ge=0)] = 1.0
-    failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    agent_seconds: Seconds = 1.0
+    failure_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
 
 
 def uses_testbed(settings: FleetConfig) -> bool:
@@ -93,24 +132,42 @@ def uses_testbed(settings: FleetConfig) -> bool:
     return settings.mode == "test" or settings.simulate
 
 
-def load_fleet_config(path: Path | None, overrides: dict[str, object]) -> FleetConfig:
-    """The `fleet:` section of a YAML file (optional), then env fallbacks, then CLI overrides.
+def load_fleet_config(
+    path: Path | None, overrides: dict[str, object], *, from_command_line: bool = True
+) -> FleetConfig:
+    """The `fleet:` section of a YAML file (optional), then env fallbacks, then overrides:
+    the command line's options, or a flow run's `overrides` parameter.
 
-    Raises ConfigError naming the file (or the command line) and the field."""
+    The file is validated on its own first, so that an override cannot hide a mistake in
+    it; ConfigError names the file and field, or the option (or parameter) given."""
     data: dict[str, object] = {}
-    source: Path | str = "command line"
     if path is not None:
         loaded = read_yaml(path)
         section = loaded.get("fleet") if isinstance(loaded, dict) else None
         if not isinstance(section, dict):
             raise ConfigError(path, "fleet", "expected a mapping under a top-level 'fleet:' key")
         data.update(section)
-        source = path
+        _validate(data, path)
     if "workspace" not in data and os.environ.get("WORKSPACE_DIR"):
         data["workspace"] = os.environ["WORKSPACE_DIR"]
-    data.update({key: value for key, value in overrides.items() if value is not None})
+        _validate(data, "environment", {"workspace": "WORKSPACE_DIR"})
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if from_command_line:
+        source, names = "command line", {key: "--" + key.replace("_", "-") for key in given}
+    else:
+        source, names = "flow parameters", {key: f"overrides.{key}" for key in given}
+    return _validate({**data, **given}, source, names)
+
+
+def _validate(
+    data: dict[str, object], source: Path | str, names: dict[str, str] | None = None
+) -> FleetConfig:
+    """`names`: how the source calls a field (an option, a variable), where it differs."""
     try:
         return FleetConfig.model_validate(data)
     except ValidationError as exc:
         field, problem = describe_validation_error(exc.errors()[0])
+        top = field.split(".")[0].split("[")[0]
+        if names and top in names:
+            field = names[top] + field[len(top) :]
         raise ConfigError(source, field, problem) from None

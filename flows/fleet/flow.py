@@ -58,17 +58,26 @@ from flows.leader import LeaderPlan, heartbeat, lead, report_state
 from flows.logs import project_log_level
 from flows.report import Report, SetupSummary
 from flows.scheduler import build_tiers
+from flows.undumpable import make_undumpable
 
 log = logging.getLogger(__name__)
 TIER_NAMES = dict(enumerate(PRIORITY_QUEUES, start=1))  # urgent, normal, low
 AUTO_PROCESSES_FROM = (8, 100)  # workers, issues
 
 
+def run_settings(config_path: str | None, overrides: dict[str, Any]) -> FleetConfig:
+    """A flow run's settings: its config file, then its `overrides` parameter."""
+    path = Path(config_path) if config_path else None
+    return load_fleet_config(path, overrides, from_command_line=False)
+
+
 def connect(settings: FleetConfig) -> Connection:
     """Build the clients of a mode; ConfigError for missing or bad input, before any work.
 
     Outside the testbed the credentials come from the configured blocks (or environment),
-    and the blocks' repository, labels and model settings win over `settings`."""
+    and the blocks' repository, labels and model settings win over `settings`. This process
+    is made undumpable first: the agents' commands cannot read its tokens through /proc."""
+    make_undumpable()
     credentials = None if uses_testbed(settings) else resolve_credentials(settings, os.environ)
     return open_connection(settings, credentials)
 
@@ -244,7 +253,7 @@ def fleet(
 ) -> State[Any]:
     """One poll: claim the ready issues and resolve them with parallel agents (in distributed
     mode: with `resolve-issue` runs on the work pool)."""
-    settings = load_fleet_config(Path(config_path) if config_path else None, overrides or {})
+    settings = run_settings(config_path, overrides or {})
     connection = connect(settings)
     merge_approved_pulls(connection)
     target = (Path(report_dir) if report_dir else default_report_dir(settings)).resolve()
@@ -298,7 +307,7 @@ def issue_poller(
 ) -> list[Dispatch]:
     """Release the issues of lost runs, then start one `resolve-issue` run per ready issue
     (urgent first) and return without waiting: the work pool runs them."""
-    settings = load_fleet_config(Path(config_path) if config_path else None, overrides or {})
+    settings = run_settings(config_path, overrides or {})
     connection = connect(settings)
     merge_approved_pulls(connection)
     parameters = run_parameters(config_path, overrides or {})
@@ -322,9 +331,7 @@ def resolve_issue_run(
     report_dir: str | None = None,
 ) -> State[Any]:
     """One issue from claim to pull request, on whichever worker runs this."""
-    settings = load_fleet_config(
-        Path(config_path) if config_path else None, {**(overrides or {}), "mock_issues": 0}
-    )
+    settings = run_settings(config_path, {**(overrides or {}), "mock_issues": 0})
     connection = connect(settings)
     issue = connection.tracker.get(issue_number)
     worker = worker_id()
