@@ -124,11 +124,12 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
             tiers=timings,
             tasks=results,
         )
-        write_report(report, plan.report_dir)
+        tier_names = {tier.priority: tier.name for tier in plan.tiers}
+        write_report(report, plan.report_dir, tier_names)
         _publish_tables(plan, report, publisher)
         publisher.markdown(
             _prefect.artifact_key(plan.kind, plan.name, "report"),
-            render_markdown(report),
+            render_markdown(report, tier_names),
             f"{plan.kind} report: {plan.name}",
         )
         if plan.notifications is not None:

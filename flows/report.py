@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -135,12 +135,14 @@ def _total_cost(results: Sequence[UnitResult]) -> float | None:
     return round(sum(known), 6) if known else None
 
 
-def write_report(report: Report, report_dir: Path) -> tuple[Path, Path]:
+def write_report(
+    report: Report, report_dir: Path, tier_names: Mapping[int, str] | None = None
+) -> tuple[Path, Path]:
     report_dir.mkdir(parents=True, exist_ok=True)
     json_path = report_dir / "report.json"
     md_path = report_dir / "report.md"
     json_path.write_text(json.dumps(report_json(report), indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(render_markdown(report), encoding="utf-8")
+    md_path.write_text(render_markdown(report, tier_names), encoding="utf-8")
     return json_path, md_path
 
 
@@ -168,7 +170,9 @@ def task_row(result: UnitResult, command: str = "") -> dict[str, object]:
     return row
 
 
-def render_markdown(report: Report) -> str:
+def render_markdown(report: Report, tier_names: Mapping[int, str] | None = None) -> str:
+    """The report as markdown, one table per priority. `tier_names` names the priorities
+    when the run did not keep them apart (the fleet runs all of them as one queue)."""
     s = report.summary
     verdict = "✅ all tasks succeeded" if report.ok else "❌ some tasks failed"
     lines = [
@@ -187,7 +191,7 @@ def render_markdown(report: Report) -> str:
         f"| setup | {_setup_text(report.setup)} |",
         "",
     ]
-    names = {tier.priority: tier.name for tier in report.tiers}
+    names = {tier.priority: tier.name for tier in report.tiers} | dict(tier_names or {})
     for tier in report.tiers:
         lines.append(
             f"- {tier.name}: {tier.tasks} tasks on {tier.slots} workers, {tier.wall_s:.1f}s"

@@ -51,6 +51,8 @@ def test_mode_resolves_every_issue_with_a_pull_request(
     report = json.loads((workspace / ".fleet" / "report" / "report.json").read_text())
     assert report["kind"] == "fleet" and report["summary"]["succeeded"] == 5
     assert report["summary"]["cost_usd"] > 0
+    markdown = (workspace / ".fleet" / "report" / "report.md").read_text()
+    assert "## Tier 2: normal" in markdown  # issues without a priority label are normal
     tasks = report["tasks"]
     assert {t["issue"] for t in tasks} == {1, 2, 3, 4, 5}
     assert all(t["pull_request"].startswith("local://pulls/") for t in tasks)
