@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 
 import httpx
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from flows._prefect import api_url_for_messages
 from flows.config import ConfigError, format_loc
 from flows.fleet.config import BLOCK_NAME_PATTERN, FleetConfig, LabelNames, RepoName
-from flows.fleet.cost import UnknownModelError, price_for
+from flows.fleet.cost import Price, UnknownModelError, price_for
 
 DEFAULT_GITHUB_API = "https://api.github.com"
 HTTP_URL_PATTERN = r"^https?://\S+$"
@@ -56,18 +56,25 @@ class FleetGitHub(Block):
 
 
 class FleetAgent(Block):
-    """The Claude model the fleet's agents use, their budgets and the Anthropic API key."""
+    """The Claude model the fleet's agents use, their budgets and the Anthropic API key;
+    `prices` price a model without a built-in price (they override the fleet config's)."""
 
     _block_type_name = "Fleet Agent"
     _block_type_slug = "fleet-agent"
     _description = (
         "The Claude model of the agent fleet, its per-issue budgets and the Anthropic API key "
-        "(secret); base_url points the client at a proxy or gateway."
+        "(secret); base_url points the client at a proxy or gateway; prices give the USD per "
+        "million tokens of a model without a built-in price."
     )
     _code_example = (
         '```python\nfrom blocks import FleetAgent\n\nagent = FleetAgent.load("BLOCK_NAME")\n```'
     )
 
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="USD per million tokens by model name ({input, output, cache_write, "
+        "cache_read}) for a model without a built-in price; override the fleet config's.",
+    )  # before model: its validator reads them
     model: str = Field(default="claude-sonnet-4-5", description="Anthropic model name.")
     max_tokens: int = Field(default=8192, gt=0, description="Output tokens per model call.")
     max_turns: int = Field(default=40, gt=0, description="Model calls per agent attempt.")
@@ -81,9 +88,12 @@ class FleetAgent(Block):
 
     @field_validator("model")
     @classmethod
-    def _priced_model(cls, model: str) -> str:
+    def _priced_model(cls, model: str, info: ValidationInfo) -> str:
+        """A model the cost meter can price: built in, or in this block's `prices`."""
+        if "prices" not in info.data:  # `prices` is invalid, and that error is reported
+            return model
         try:
-            price_for(model)
+            price_for(model, info.data["prices"])
         except UnknownModelError as exc:
             raise ValueError(str(exc)) from None
         return model
@@ -133,7 +143,7 @@ def github_block_from_env(settings: FleetConfig, env: Mapping[str, str]) -> Flee
 
 
 def agent_block_from_env(settings: FleetConfig, env: Mapping[str, str]) -> FleetAgent:
-    """A FleetAgent built from the fleet settings (model, budgets) and ANTHROPIC_API_KEY,
+    """A FleetAgent built from the fleet settings (model, budgets, prices) and ANTHROPIC_API_KEY,
     ANTHROPIC_BASE_URL; ConfigError naming the missing or bad setting."""
     api_key = env.get("ANTHROPIC_API_KEY")
     if not api_key:
@@ -145,6 +155,7 @@ def agent_block_from_env(settings: FleetConfig, env: Mapping[str, str]) -> Fleet
         "max_tokens": settings.max_tokens,
         "max_turns": settings.max_turns,
         "budget_usd_per_issue": settings.budget_usd_per_issue,
+        "prices": settings.prices,
         "api_key": api_key,
         "base_url": env.get("ANTHROPIC_BASE_URL") or None,
     }

@@ -21,11 +21,14 @@ from blocks import (
 from flows.config import ConfigError
 from flows.fleet.config import FleetConfig, LabelNames
 from flows.fleet.connection import FleetCredentials
+from flows.fleet.cost import Price, price_for
 from flows.fleet.credentials import load_block, resolve_credentials
 
 TOKEN = "ghp_" + "s3cr3t" * 6
 API_KEY = "sk-ant-" + "k3y" * 10
 ENV = {"GITHUB_TOKEN": TOKEN, "ANTHROPIC_API_KEY": API_KEY}
+PRICE = Price(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3)
+OTHER_PRICE = Price(input=1.0, output=2.0, cache_write=1.25, cache_read=0.1)
 
 
 @pytest.fixture
@@ -82,7 +85,7 @@ def test_secrets_hidden_in_repr_str_and_json() -> None:
 
 def test_environment_fallback() -> None:
     settings = FleetConfig(mode="local", repo="acme/widgets", labels=LabelNames(ready="go"),
-                           model="claude-haiku-4-5", max_turns=7)  # fmt: skip
+                           model="my-model", prices={"my-model": PRICE}, max_turns=7)  # fmt: skip
     env = {**ENV, "GITHUB_API_URL": "http://127.0.0.1:1/api/v3",
            "ANTHROPIC_BASE_URL": "http://127.0.0.1:2"}  # fmt: skip
     credentials = resolve_credentials(settings, env)
@@ -93,10 +96,11 @@ def test_environment_fallback() -> None:
         labels=LabelNames(ready="go"),
         anthropic_api_key=credentials.anthropic_api_key,
         anthropic_base_url="http://127.0.0.1:2",
-        model="claude-haiku-4-5",
+        model="my-model",
         max_tokens=8192,
         max_turns=7,
         budget_usd_per_issue=5.0,
+        prices={"my-model": PRICE},
         github_source="environment",
         agent_source="environment",
     )
@@ -130,8 +134,23 @@ def test_environment_errors_name_the_variable(
 
 
 def test_agent_block_rejects_an_unpriced_model() -> None:
-    with pytest.raises(ValueError, match="claude-nonesuch"):
+    with pytest.raises(ValueError, match=r"no price for model 'claude-nonesuch'.* under `prices`"):
         FleetAgent(api_key=SecretStr(API_KEY), model="claude-nonesuch")
+    with pytest.raises(ValueError, match="no price for model 'my-model'"):  # priced another
+        FleetAgent(api_key=SecretStr(API_KEY), model="my-model", prices={"other": PRICE})
+
+
+def test_agent_block_with_prices_takes_a_new_model() -> None:
+    agent = FleetAgent(api_key=SecretStr(API_KEY), model="my-model", prices={"my-model": PRICE})
+    assert price_for(agent.model, agent.prices) == PRICE
+    as_typed = {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}  # the UI's
+    loaded = FleetAgent.model_validate(
+        {"api_key": API_KEY, "model": "my-model", "prices": {"my-model": as_typed}}
+    )
+    assert loaded.prices == {"my-model": PRICE}
+    negative = {"my-model": {**as_typed, "input": -1}}
+    with pytest.raises(ValueError, match=r"prices\.my-model\.input\n.*greater than or equal"):
+        FleetAgent.model_validate({"api_key": API_KEY, "model": "my-model", "prices": negative})
 
 
 # --- on the Prefect server ---------------------------------------------------------------
@@ -166,6 +185,19 @@ def test_register_save_and_load_by_name(api: str) -> None:
     assert_hidden(repr(credentials), repr(loaded), loaded.model_dump_json(), repr(applied))
 
 
+def test_agent_block_prices_override_the_configs(api: str) -> None:
+    """A block that sets a new model prices it; the config's prices of other models stay."""
+    name = unique("priced")
+    FleetAgent(api_key=SecretStr(API_KEY), model="my-model", prices={"my-model": PRICE}).save(name)
+    settings = FleetConfig(mode="local", repo="acme/widgets", agent_block=name,
+                           prices={"my-model": OTHER_PRICE, "other": OTHER_PRICE})  # fmt: skip
+    credentials = resolve_credentials(settings, {"GITHUB_TOKEN": TOKEN})
+    applied = credentials.apply(settings)
+    assert applied.model == "my-model"
+    assert applied.prices == {"my-model": PRICE, "other": OTHER_PRICE}
+    assert price_for(applied.model, applied.prices) == PRICE
+
+
 def test_the_api_never_returns_a_secret_to_a_ui_client(api: str) -> None:
     name = unique("ui")
     document_id = FleetGitHub(repository="acme/widgets", token=SecretStr(TOKEN)).save(name)
@@ -187,11 +219,14 @@ def test_the_api_never_returns_a_secret_to_a_ui_client(api: str) -> None:
 def test_save_blocks_from_env(api: str) -> None:
     name = unique("env")
     settings = FleetConfig(mode="local", repo="acme/widgets", agent_block=name,
-                           labels=LabelNames(review="check"))  # fmt: skip
+                           labels=LabelNames(review="check"), model="my-model",
+                           prices={"my-model": PRICE})  # fmt: skip
     saved = save_blocks_from_env(settings, ENV, github_name=name)
     assert saved == [f"fleet-github/{name}", f"fleet-agent/{name}"]
     assert load_block(FleetGitHub, name, "github_block").labels.review == "check"
-    assert load_block(FleetAgent, name, "agent_block").api_key.get_secret_value() == API_KEY
+    agent = load_block(FleetAgent, name, "agent_block")
+    assert agent.api_key.get_secret_value() == API_KEY
+    assert (agent.model, agent.prices) == ("my-model", {"my-model": PRICE})
 
     with pytest.raises(ConfigError, match="already exists; save with overwrite"):
         save_blocks_from_env(settings, ENV, github_name=name)

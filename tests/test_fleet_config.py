@@ -8,7 +8,10 @@ import pytest
 
 from flows.config import ConfigError
 from flows.fleet.config import load_fleet_config
+from flows.fleet.cost import Price, price_for
 from tests.conftest import write_config
+
+NEW_PRICE = "{input: 3, output: 15.0, cache_write: 3.75, cache_read: 0.3}"
 
 
 def test_defaults_match_the_original() -> None:
@@ -56,8 +59,22 @@ def test_yaml_section_env_fallback_and_overrides(
         (f"fleet:\n  labels: {{review: {'x' * 51}}}\n", "labels.review", "at most 50"),
         ("fleet:\n  labels: {ready: same, in_progress: same}\n", "labels", "must differ"),
         ("fleet:\n  labels: {priority_prefix: ''}\n", "labels.priority_prefix", "at least 1"),
+        ("fleet:\n  model: my-model\n", "model", "no price for model 'my-model'"),
+        ("fleet:\n  prices: {my-model: {input: -1, output: 1, cache_write: 1, cache_read: 1}}\n",
+         "prices.my-model.input", "greater than or equal to 0"),
+        ("fleet:\n  prices: {my-model: {input: abc, output: 1, cache_write: 1, cache_read: 1}}\n",
+         "prices.my-model.input", "valid number"),
+        ("fleet:\n  prices: {my-model: {input: 1, output: .inf, cache_write: 1, cache_read: 1}}\n",
+         "prices.my-model.output", "finite number"),
+        ("fleet:\n  prices: {my-model: {input: 1, output: 1, cache_write: no, cache_read: 1}}\n",
+         "prices.my-model.cache_write", "valid number"),
+        ("fleet:\n  prices: {my-model: {input: 1, output: 1, cache_write: 1}}\n",
+         "prices.my-model.cache_read", "required field is missing"),
+        ("fleet:\n  prices: {my-model: {input: 1, output: 1, cache_write: 1, cache_read: 1, "
+         "batch: 1}}\n", "prices.my-model.batch", "unknown key"),
+        ("fleet:\n  prices: {my-model: 3}\n", "prices.my-model", "dictionary"),
     ],
-)
+)  # fmt: skip
 def test_bad_settings_name_file_and_field(
     tmp_path: Path, text: str, field: str, problem: str
 ) -> None:
@@ -91,3 +108,34 @@ def test_a_bad_flow_parameter_is_blamed_on_the_parameter() -> None:
     with pytest.raises(ConfigError) as error:
         load_fleet_config(None, {"workers": 0}, from_command_line=False)
     assert str(error.value).startswith("flow parameters: overrides.workers: ")
+
+
+def test_a_new_model_is_priced_from_the_config(tmp_path: Path) -> None:
+    """`prices:` adds a model to the built-in table, or overrides one of it."""
+    path = write_config(
+        tmp_path,
+        f"fleet:\n  model: my-model\n  prices:\n    my-model: {NEW_PRICE}\n"
+        "    claude-haiku-4-5: {input: 2, output: 4, cache_write: 2.5, cache_read: 0.2}\n",
+    )
+    config = load_fleet_config(path, {})
+    assert config.model == "my-model"
+    assert price_for(config.model, config.prices) == Price(
+        input=3, output=15, cache_write=3.75, cache_read=0.3
+    )
+    assert price_for("claude-haiku-4-5", config.prices).output == 4  # the config's wins
+    assert price_for("claude-sonnet-4-5", config.prices).output == 15  # the rest built in
+    # a model given on the command line is priced from the file
+    assert load_fleet_config(path, {"model": "my-model"}).model == "my-model"
+
+
+def test_a_model_without_a_price_says_where_to_give_it(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "fleet:\n  model: claude-sonnet-9\n")
+    with pytest.raises(ConfigError) as error:
+        load_fleet_config(path, {})
+    message = str(error.value)
+    assert message.startswith(f"{path}: model: no price for model 'claude-sonnet-9': ")
+    assert "under `prices` in the fleet config" in message
+    assert "prices: {'claude-sonnet-9': {input: " in message  # an example of the entry
+    with pytest.raises(ConfigError) as error:
+        load_fleet_config(None, {"model": "claude-sonnet-9"})
+    assert str(error.value).startswith("command line: --model: no price for model")

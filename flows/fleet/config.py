@@ -13,6 +13,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -26,6 +28,7 @@ from flows.config import (
     read_yaml,
 )
 from flows.fleet import models
+from flows.fleet.cost import Price, price_for
 from flows.notify import Notifications
 
 DAY_S = 86_400.0
@@ -84,7 +87,12 @@ class FleetConfig(BaseModel):
     )
     keep_failed_workspaces: bool = True
     labels: LabelNames = Field(default_factory=LabelNames)
-    model: str = "claude-sonnet-4-5"
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="USD per million tokens by model name: {input, output, cache_write, "
+        "cache_read}, over the built-in table (cost.PRICES); a model without a price is refused",
+    )
+    model: str = "claude-sonnet-4-5"  # after prices: its validator reads them
     max_tokens: PositiveInt = 8192
     max_turns: PositiveInt = 40
     budget_usd_per_issue: PositiveFloat = 5.0
@@ -126,6 +134,14 @@ class FleetConfig(BaseModel):
     agent_seconds: Seconds = 1.0
     failure_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
 
+    @field_validator("model")
+    @classmethod
+    def _priced_model(cls, model: str, info: ValidationInfo) -> str:
+        """A model the cost meter can price: built in, or in `prices`."""
+        if "prices" in info.data:  # else `prices` is invalid, and that error is reported
+            price_for(model, info.data["prices"])  # UnknownModelError is a ValueError
+        return model
+
 
 def uses_testbed(settings: FleetConfig) -> bool:
     """Mock issues and simulated agents instead of GitHub and Claude."""
@@ -166,7 +182,10 @@ def _validate(
     try:
         return FleetConfig.model_validate(data)
     except ValidationError as exc:
-        field, problem = describe_validation_error(exc.errors()[0])
+        error = exc.errors()[0]
+        if error["type"] == "unexpected_keyword_argument":  # a dataclass's (Price) unknown key
+            error["type"] = "extra_forbidden"
+        field, problem = describe_validation_error(error)
         top = field.split(".")[0].split("[")[0]
         if names and top in names:
             field = names[top] + field[len(top) :]

@@ -8,7 +8,7 @@ processes.py), which must not import Prefect.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from flows.config import ConfigError
 from flows.fleet.agent import Model, load_system_prompt
 from flows.fleet.config import FleetConfig, LabelNames
-from flows.fleet.cost import UnknownModelError, price_for
+from flows.fleet.cost import Price, UnknownModelError, price_for
 from flows.fleet.models import Issue
 from flows.fleet.simulated import SimulatedModel, fails
 from flows.fleet.testbed import (
@@ -49,11 +49,13 @@ class FleetCredentials:
     max_tokens: int
     max_turns: int
     budget_usd_per_issue: float
+    prices: Mapping[str, Price]  # the agent block's, or the config's (environment)
     github_source: str  # "block fleet-github/NAME" or "environment"
     agent_source: str  # "block fleet-agent/NAME" or "environment"
 
     def apply(self, settings: FleetConfig) -> FleetConfig:
-        """The settings with the repository, labels and model settings resolved here."""
+        """The settings with the repository, labels and model settings resolved here; the
+        prices merged, these over the config's for the same model."""
         return settings.model_copy(
             update={
                 "repo": self.repo,
@@ -62,6 +64,7 @@ class FleetCredentials:
                 "max_tokens": self.max_tokens,
                 "max_turns": self.max_turns,
                 "budget_usd_per_issue": self.budget_usd_per_issue,
+                "prices": {**settings.prices, **self.prices},
             }
         )
 
@@ -91,7 +94,7 @@ def open_connection(
     if credentials is not None:
         settings = credentials.apply(settings)
     try:
-        price_for(settings.model)
+        price_for(settings.model, settings.prices)
     except UnknownModelError as exc:
         raise ConfigError("fleet settings", "model", str(exc)) from None
     labels = labels_of(settings)

@@ -3,7 +3,8 @@
 Prices are USD per million tokens at the standard (non-batch) rates of the Anthropic API.
 Cache writes are priced at the 5-minute rate, the TTL the agent asks for. Models with a
 long-context surcharge are priced at their base rate. Check these prices against
-https://platform.claude.com/docs/en/about-claude/pricing when adding a model.
+https://platform.claude.com/docs/en/about-claude/pricing when adding a model. A model without
+a price here gets one from `prices:` in the fleet config or the Fleet Agent block.
 """
 
 from __future__ import annotations
@@ -12,21 +13,29 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, with_config
 
 from flows.fleet.models import Usage
 
 PER_TOKEN = 1 / 1_000_000
 _DATE_SUFFIX = re.compile(r"-\d{8}$")  # "claude-sonnet-4-5-20250929" -> "claude-sonnet-4-5"
+# A price as the config and blocks take it: a number (not text or a boolean), finite, >= 0.
+Usd = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 
 
+# strict=False: a strict parent (FleetConfig) would take only a Price instance, not the
+# mapping from YAML or a block; the numbers stay strict (Usd), unknown keys are refused.
+@with_config(ConfigDict(extra="forbid", strict=False))
 @dataclass(frozen=True)
 class Price:
     """USD per million tokens."""
 
-    input: float
-    output: float
-    cache_write: float  # 5-minute cache writes (1.25x input)
-    cache_read: float  # cache hits and refreshes (0.1x input)
+    input: Usd
+    output: Usd
+    cache_write: Usd  # 5-minute cache writes (1.25x input)
+    cache_read: Usd  # cache hits and refreshes (0.1x input)
 
 
 _OPUS_4 = Price(input=15.0, output=75.0, cache_write=18.75, cache_read=1.50)
@@ -55,7 +64,7 @@ PRICES: dict[str, Price] = {
 
 
 class UnknownModelError(ValueError):
-    """No price for a model: add it to PRICES or give one in the fleet config."""
+    """No price for a model: add it to PRICES or to `prices:` in the fleet config."""
 
 
 def price_for(model: str, prices: Mapping[str, Price] | None = None) -> Price:
@@ -66,8 +75,10 @@ def price_for(model: str, prices: Mapping[str, Price] | None = None) -> Price:
         if name in table:
             return table[name]
     raise UnknownModelError(
-        f"no price for model {model!r}: give its price per million tokens (input, output, "
-        f"cache_write, cache_read) in the config; known models: {', '.join(sorted(table))}"
+        f"no price for model {model!r}: give its USD per million tokens under `prices` in the "
+        "fleet config (or in the Fleet Agent block that sets the model), e.g. "
+        f"prices: {{{model!r}: {{input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3}}}}"
+        f"; known models: {', '.join(sorted(table))}"
     )
 
 

@@ -3,7 +3,8 @@ named in the settings (`github_block`, `agent_block`), else environment variable
 (GITHUB_TOKEN, GITHUB_API_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL).
 
 A configured block is the source of truth for what it holds: the GitHub block's repository
-and labels, the agent block's model and budgets replace the YAML's (`apply`).
+and labels, the agent block's model and budgets replace the YAML's, and its prices are merged
+over the YAML's, the block's winning for the same model (`apply`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def resolve_credentials(settings: FleetConfig, env: Mapping[str, str]) -> FleetC
         max_tokens=agent.max_tokens,
         max_turns=agent.max_turns,
         budget_usd_per_issue=agent.budget_usd_per_issue,
+        prices=agent.prices,
         github_source=github_source,
         agent_source=agent_source,
     )
