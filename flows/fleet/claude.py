@@ -7,22 +7,33 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import anthropic
+import httpx2
 
 from flows.fleet.agent import AgentError, Block, ErrorKind, Message, ModelTurn
 from flows.fleet.models import Usage
 
 # Errors that the SDK retries itself; still failing after its retries, worth a later attempt.
 TRANSIENT_ERRORS: tuple[type[anthropic.AnthropicError], ...] = (
-    anthropic.RateLimitError,
+    anthropic.RateLimitError,  # but not a spend limit: see SPEND_LIMIT_CODES
     anthropic.InternalServerError,  # 5xx, OverloadedError (529) included
     anthropic.APIConnectionError,  # APITimeoutError included
     anthropic.RequestTimeoutError,
     anthropic.ConflictError,
 )
+# 429s (`error.details.error_code`) that no retry can get past until a human raises the limit.
+SPEND_LIMIT_CODES = frozenset({"contract_spend_limit_reached", "enforced_spend_limit_reached"})
+# Error types of an `error` event inside a streaming (HTTP 200) response worth a later attempt.
+TRANSIENT_STREAM_ERROR_TYPES = frozenset(
+    {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
+)
 
 
 class ClaudeModel:
     """Claude through an injected `anthropic.Anthropic` client (its `max_retries` applies).
+
+    Replies are streamed, as the SDK requires for a large `max_tokens` (it refuses a
+    non-streaming request that may take over 10 minutes), so no connection sits idle while
+    Claude writes; the SDK retries the request until the stream starts, not after.
 
     With `prompt_cache`, the tools and system prompt and the conversation so far are marked
     for the 5-minute prompt cache, so each turn pays the cache-read rate for its history.
@@ -42,17 +53,24 @@ class ClaudeModel:
         self, *, system: str, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int
     ) -> ModelTurn:
         cache = self.prompt_cache
+        secrets = [s for s in (self._client.api_key, self._client.auth_token) if s]
         try:
-            reply = self._client.messages.create(
+            with self._client.messages.stream(
                 model=self.model,
                 max_tokens=max_tokens,
                 system=cast(Any, _cached_system(system) if cache else system),
                 messages=cast(Any, _cached_messages(messages) if cache else messages),
                 tools=cast(Any, tools),
-            )
+            ) as stream:
+                reply = stream.get_final_message()
         except anthropic.AnthropicError as exc:
-            secrets = (self._client.api_key, self._client.auth_token)
-            raise agent_error(exc, [s for s in secrets if s]) from None
+            raise agent_error(exc, secrets) from None
+        except httpx2.TransportError as exc:  # the SDK's retries end once the stream has begun
+            message = f"connection lost while streaming the reply ({type(exc).__name__}: {exc})"
+            raise AgentError("transient", _redact(message, secrets)) from None
+        except ValueError as exc:  # e.g. text the SDK cannot encode: the same request fails again
+            message = f"the SDK rejected the request or its reply ({type(exc).__name__}: {exc})"
+            raise AgentError("permanent", _redact(message, secrets)) from None
         return ModelTurn(
             content=[_block_to_dict(block) for block in reply.content],
             stop_reason=reply.stop_reason,
@@ -68,19 +86,40 @@ class ClaudeModel:
 def agent_error(exc: anthropic.AnthropicError, secrets: Iterable[str] = ()) -> AgentError:
     """Map an SDK exception to an AgentError: status, error type and the API's message,
     never the request (headers) and never any of `secrets`."""
-    kind: ErrorKind = "transient" if isinstance(exc, TRANSIENT_ERRORS) else "permanent"
     if isinstance(exc, anthropic.APIStatusError):
         detail = exc.api_message or "no message"
-        message = f"{type(exc).__name__} (HTTP {exc.status_code}, {exc.type}): {detail}"
+        where = "error event in the stream" if _mid_stream(exc) else f"HTTP {exc.status_code}"
+        message = f"{type(exc).__name__} ({where}, {exc.type}): {detail}"
         if exc.request_id:
             message += f" [request {exc.request_id}]"
     elif isinstance(exc, anthropic.APIError):
         message = f"{type(exc).__name__}: {exc.message}"
     else:
         message = type(exc).__name__
+    return AgentError(error_kind(exc), _redact(message, secrets))
+
+
+def error_kind(exc: anthropic.AnthropicError) -> ErrorKind:
+    """Transient when a later attempt may succeed: a TRANSIENT_ERRORS class, or an `error`
+    event in the stream of such a type; never a spend limit, whatever its class."""
+    if isinstance(exc, anthropic.APIStatusError):
+        if exc.error_code in SPEND_LIMIT_CODES:
+            return "permanent"
+        if _mid_stream(exc):
+            return "transient" if exc.type in TRANSIENT_STREAM_ERROR_TYPES else "permanent"
+    return "transient" if isinstance(exc, TRANSIENT_ERRORS) else "permanent"
+
+
+def _mid_stream(exc: anthropic.APIStatusError) -> bool:
+    """An `error` event inside a streaming response: the SDK raises it with the response's
+    own status, 200 (as a plain APIStatusError, there being no class for 200)."""
+    return exc.status_code < 400
+
+
+def _redact(message: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         message = message.replace(secret, "[redacted]")
-    return AgentError(kind, message)
+    return message
 
 
 def _block_to_dict(block: Any) -> Block:

@@ -34,9 +34,19 @@ class Request:
         return json.loads(self.body) if self.body else None
 
 
+@dataclass(frozen=True)
+class RawBody:
+    """A response body sent as is, not as JSON (an event stream); `missing` more bytes are
+    promised in Content-Length but never sent: the connection closes instead."""
+
+    data: bytes
+    content_type: str
+    missing: int = 0
+
+
 @dataclass
 class Response:
-    """One HTTP response; a `body` of None sends no content."""
+    """One HTTP response: `body` is sent as JSON, or as is (a RawBody); None sends none."""
 
     status: int
     body: Any = None
@@ -137,15 +147,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(response)
 
     def _send(self, response: Response) -> None:
-        payload = b"" if response.body is None else json.dumps(response.body).encode()
+        body = response.body
+        if body is None or isinstance(body, RawBody):
+            raw = body or RawBody(b"", "")
+        else:
+            raw = RawBody(json.dumps(body).encode(), "application/json; charset=utf-8")
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
-        if payload:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
+        if raw.data:
+            self.send_header("Content-Type", raw.content_type)
+        self.send_header("Content-Length", str(len(raw.data) + raw.missing))
         self.end_headers()
-        self.wfile.write(payload)
+        self.wfile.write(raw.data)
+        if raw.missing:
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

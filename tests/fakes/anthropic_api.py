@@ -1,16 +1,20 @@
-"""`FakeAnthropic`: a Messages API stand-in (`POST /v1/messages`, non-streaming) that replays
-a script of turns.
+"""`FakeAnthropic`: a Messages API stand-in (`POST /v1/messages`) that replays a script of
+turns, as one JSON message or, for `"stream": true`, as server-sent events.
 
 Each request that passes validation consumes the next scripted turn: an `AssistantTurn`
-(content blocks, stop_reason, usage) or an `ErrorTurn` (status + Anthropic's error JSON and
-`retry-after-ms`, so the SDK's own retries are fast). Requests are validated like the real
-API where that is cheap (auth, required fields, tool_use/tool_result pairing) and rejected
-with 400/401 without consuming a turn. An exhausted script answers 500 with
-`x-should-retry: false`, so the SDK fails at once with a clear message.
+(content blocks, stop_reason, usage), an `ErrorTurn` (status + Anthropic's error JSON and
+`retry-after-ms`, so the SDK's own retries are fast; or, `mid_stream`, an `error` event in a
+200 stream) or a `DisconnectTurn` (the connection drops partway through the response).
+A streamed turn is sent whole, not paced, with text and tool input split into several
+deltas as the real API does. Requests are validated like the real API where that is cheap
+(auth, required fields, tool_use/tool_result pairing) and rejected with 400/401 without
+consuming a turn. An exhausted script answers 500 with `x-should-retry: false`, so the SDK
+fails at once with a clear message.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import uuid
@@ -19,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes import LoopbackServer, Request, Response
+from tests.fakes import LoopbackServer, RawBody, Request, Response
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -31,6 +35,7 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+DELTA_CHARS = 12  # a streamed text or tool input goes out in deltas of this many characters
 
 
 @dataclass(frozen=True)
@@ -63,23 +68,49 @@ class AssistantTurn:
 
 @dataclass(frozen=True)
 class ErrorTurn:
-    """A scripted API error: status 429/500/529/..., with a retry-after the SDK honours."""
+    """A scripted API error: status 429/500/529/..., with a retry-after the SDK honours.
+
+    `error_code` goes in `error.details.error_code` (e.g. "contract_spend_limit_reached",
+    which the SDK raises as its own class). `mid_stream`: a streaming request gets a 200
+    stream that starts a message and then sends the error as an `error` event, as the real
+    API does when it fails after the response has begun (a non-streaming one gets the
+    plain error response).
+    """
 
     status: int = 529
     message: str = "Overloaded"
     error_type: str | None = None  # None: derived from status (529 -> overloaded_error, ...)
     retry_after_ms: int = 10
+    error_code: str | None = None
+    mid_stream: bool = False
+
+    @property
+    def error(self) -> dict[str, Any]:
+        """The `error` object of the body (or of the `error` event)."""
+        error: dict[str, Any] = {
+            "type": self.error_type or ERROR_TYPES.get(self.status, "api_error"),
+            "message": self.message,
+        }
+        if self.error_code:
+            error["details"] = {"error_code": self.error_code}
+        return error
 
     def to_response(self, request_id: str) -> Response:
         headers = {
             "retry-after-ms": str(self.retry_after_ms),
             "retry-after": str(math.ceil(self.retry_after_ms / 1000)),
         }
-        error_type = self.error_type or ERROR_TYPES.get(self.status, "api_error")
-        return _error(self.status, error_type, self.message, request_id, headers)
+        body = {"type": "error", "error": self.error, "request_id": request_id}
+        return Response(self.status, body, {"request-id": request_id, **headers})
 
 
-Turn = AssistantTurn | ErrorTurn
+@dataclass(frozen=True)
+class DisconnectTurn:
+    """The connection closes partway through the response: a stream after its first events
+    (past the SDK's retries), a JSON message halfway through."""
+
+
+Turn = AssistantTurn | ErrorTurn | DisconnectTurn
 
 
 def text_block(text: str) -> dict[str, Any]:
@@ -192,19 +223,27 @@ class FakeAnthropic(LoopbackServer):
             headers = {"x-should-retry": "false"}
             return _error(500, "api_error", problem, request_id, headers)
         turn = self._script.popleft()
-        if isinstance(turn, ErrorTurn):
+        streaming = body.get("stream") is True
+        message_id = f"msg_fake_{self._served:04d}"
+        if isinstance(turn, AssistantTurn):
+            model = turn.model or body["model"]
+            message = _message(message_id, model, turn.content, turn.stop_reason, turn.usage)
+            if streaming:
+                return _event_stream(_message_events(message), request_id)
+            return Response(200, message, {"request-id": request_id})
+        if isinstance(turn, ErrorTurn) and not (turn.mid_stream and streaming):
             return turn.to_response(request_id)
-        message = {
-            "id": f"msg_fake_{self._served:04d}",
-            "type": "message",
-            "role": "assistant",
-            "model": turn.model or body["model"],
-            "content": turn.content,
-            "stop_reason": turn.stop_reason,
-            "stop_sequence": None,
-            "usage": turn.usage.to_json(),
-        }
-        return Response(200, message, {"request-id": request_id})
+        # a failure once the response has begun: the message starts, then breaks off
+        started = _message(message_id, body["model"], [], None, Usage(output_tokens=1))
+        if isinstance(turn, ErrorTurn):
+            error = {"type": "error", "error": turn.error, "request_id": request_id}
+            return _event_stream([*_start_events(started), _sse("error", error)], request_id)
+        if streaming:
+            return _event_stream(_start_events(started), request_id, missing=1000)
+        data = json.dumps(started).encode()
+        half = len(data) // 2
+        cut = RawBody(data[:half], "application/json", missing=len(data) - half)
+        return Response(200, cut, {"request-id": request_id})
 
 
 # ----- validation (pure functions) -----------------------------------------------------------
@@ -219,6 +258,8 @@ def _body_problem(body: Any) -> str | None:
             return f"{name}: Field required"
     if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
         return "max_tokens: Input should be a positive integer"
+    if not isinstance(body.get("stream", False), bool):
+        return "stream: Input should be a valid boolean"
     messages = body["messages"]
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
@@ -279,3 +320,85 @@ def _error(
         "request_id": request_id,
     }
     return Response(status, body, {"request-id": request_id, **(headers or {})})
+
+
+# ----- server-sent events ----------------------------------------------------------------
+
+
+def _message(
+    message_id: str,
+    model: str,
+    content: list[dict[str, Any]],
+    stop_reason: str | None,
+    usage: Usage,
+) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": usage.to_json(),
+    }
+
+
+def _message_events(message: dict[str, Any]) -> list[bytes]:
+    """`message` as the real API streams it: message_start (input and cache usage), each
+    content block (start, deltas, stop), message_delta (stop_reason, output tokens),
+    message_stop."""
+    usage = message["usage"]
+    started = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
+    events = _start_events(started)
+    for index, block in enumerate(message["content"]):
+        events += _block_events(index, block)
+    delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
+    final_usage = {"output_tokens": usage["output_tokens"]}
+    events.append(_sse("message_delta", {"delta": delta, "usage": final_usage}))
+    events.append(_sse("message_stop", {}))
+    return events
+
+
+def _start_events(started: dict[str, Any]) -> list[bytes]:
+    """message_start (the message before any content or stop_reason) and a ping."""
+    return [_sse("message_start", {"message": started}), _sse("ping", {})]
+
+
+def _block_events(index: int, block: dict[str, Any]) -> list[bytes]:
+    """A content block as content_block_start, its deltas and content_block_stop: text as
+    text_delta pieces, tool input as input_json_delta pieces of its JSON; any other block
+    type whole in its content_block_start."""
+    if block["type"] == "text":
+        start = {**block, "text": ""}
+        deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(block["text"])]
+    elif block["type"] == "tool_use":
+        start = {**block, "input": {}}
+        pieces = _pieces(json.dumps(block["input"]))
+        deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
+    else:
+        start, deltas = block, []
+    return [
+        _sse("content_block_start", {"index": index, "content_block": start}),
+        *(_sse("content_block_delta", {"index": index, "delta": delta}) for delta in deltas),
+        _sse("content_block_stop", {"index": index}),
+    ]
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[i : i + DELTA_CHARS] for i in range(0, len(text), DELTA_CHARS)] or [""]
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event; `data` gets its `type` (the event name), as the API sends it."""
+    return f"event: {event}\ndata: {json.dumps({'type': event, **data})}\n\n".encode()
+
+
+def _event_stream(events: list[bytes], request_id: str, *, missing: int = 0) -> Response:
+    body = RawBody(b"".join(events), "text/event-stream; charset=utf-8", missing)
+    return Response(200, body, {"request-id": request_id})

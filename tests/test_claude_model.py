@@ -1,0 +1,213 @@
+"""`ClaudeModel` through the real anthropic SDK against `FakeAnthropic`: the streamed request
+and reply, and which errors are worth a later attempt."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import pytest
+
+from flows.fleet.agent import AgentError, ModelTurn
+from flows.fleet.claude import ClaudeModel
+from flows.fleet.models import Usage
+from tests.fakes.anthropic_api import (
+    DisconnectTurn,
+    ErrorTurn,
+    FakeAnthropic,
+    text_turn,
+    tool_turn,
+)
+from tests.fakes.anthropic_api import Usage as FakeUsage
+
+MODEL = "claude-sonnet-4-6"
+SECRET_KEY = "sk-ant-api03-SECRETSECRETSECRET"
+HELLO: list[Any] = [{"role": "user", "content": "Fix issue #1"}]
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(api_key=None) as server:  # any key: SECRET_KEY too
+        yield server
+
+
+@pytest.fixture
+def clients() -> Iterator[list[anthropic.Anthropic]]:
+    made: list[anthropic.Anthropic] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+def claude(
+    fake: FakeAnthropic,
+    clients: list[anthropic.Anthropic],
+    model: str = MODEL,
+    max_retries: int = 2,
+    **options: Any,
+) -> ClaudeModel:
+    """A ClaudeModel on a client for `fake`; the SDK's default timeout unless given, as in
+    production (the SDK checks `max_tokens` only then)."""
+    client = anthropic.Anthropic(
+        base_url=fake.base_url, api_key=SECRET_KEY, max_retries=max_retries, **options
+    )
+    clients.append(client)
+    return ClaudeModel(client, model)
+
+
+def complete(model: ClaudeModel, max_tokens: int = 1024, messages: list[Any] = HELLO) -> ModelTurn:
+    return model.complete(system="You fix issues.", messages=messages, tools=[],
+                          max_tokens=max_tokens)  # fmt: skip
+
+
+def error_of(model: ClaudeModel, max_tokens: int = 1024) -> AgentError:
+    with pytest.raises(AgentError) as error:
+        complete(model, max_tokens)
+    assert "SECRET" not in error.value.message
+    return error.value
+
+
+@pytest.mark.parametrize(
+    ("model_name", "max_tokens"),
+    [
+        ("claude-sonnet-4-6", 32_000),  # over 10 minutes by the SDK's reckoning
+        pytest.param(  # over its MODEL_NONSTREAMING_TOKENS
+            "claude-opus-4-0", 8_193, marks=pytest.mark.filterwarnings("ignore::DeprecationWarning")
+        ),
+    ],
+)
+def test_large_max_tokens_is_streamed(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic], model_name: str, max_tokens: int
+) -> None:
+    fake.add(text_turn("A long answer."))
+    turn = complete(claude(fake, clients, model_name), max_tokens)
+
+    assert turn.content == [{"type": "text", "text": "A long answer."}]
+    (sent,) = fake.requests
+    assert (sent["stream"], sent["max_tokens"], sent["model"]) == (True, max_tokens, model_name)
+
+
+def test_streamed_tool_use_input_usage_and_cache_breakpoints(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic]
+) -> None:
+    tool_input = {"path": "src/app/é.py", "old": "x = 1\n" * 20, "new": "x = 2", "n": [1, 2.5]}
+    fake.add(tool_turn("edit_file", tool_input, block_id="toolu_1", text="Editing app.py now.",
+                       usage=FakeUsage(1200, 340, 500, 7000)))  # fmt: skip
+    turn = complete(claude(fake, clients, timeout=5.0))
+
+    assert turn.content == [
+        {"type": "text", "text": "Editing app.py now."},
+        {"type": "tool_use", "id": "toolu_1", "name": "edit_file", "input": tool_input},
+    ]
+    assert turn.stop_reason == "tool_use"
+    assert turn.usage == Usage(
+        input_tokens=1200, output_tokens=340, cache_creation_input_tokens=500,
+        cache_read_input_tokens=7000,
+    )  # fmt: skip
+    (sent,) = fake.requests
+    assert sent["stream"] is True and sent["tools"] == []
+    assert sent["system"] == [
+        {"type": "text", "text": "You fix issues.", "cache_control": {"type": "ephemeral"}}
+    ]
+    assert sent["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "Fix issue #1", "cache_control": {"type": "ephemeral"}}
+    ]}]  # fmt: skip
+
+
+@pytest.mark.parametrize("code", ["contract_spend_limit_reached", "enforced_spend_limit_reached"])
+def test_spend_limit_is_permanent(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic], code: str
+) -> None:
+    fake.add(*[ErrorTurn(429, "Spend limit reached", error_code=code)] * 3)
+    error = error_of(claude(fake, clients, max_retries=2, timeout=5.0))
+
+    assert not error.transient
+    assert "SpendLimitReachedError (HTTP 429, rate_limit_error): Spend limit reached" in (
+        error.message
+    )
+    assert len(fake.requests) == 3  # the SDK's own retries still happen (no x-should-retry)
+
+
+def test_ramp_limit_and_plain_rate_limit_stay_transient(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic]
+) -> None:
+    fake.add(ErrorTurn(429, "Slow down", error_code="ramp_limit_exceeded"), ErrorTurn(429))
+    model = claude(fake, clients, max_retries=0, timeout=5.0)
+    ramp, plain = error_of(model), error_of(model)
+
+    assert ramp.transient and "RampLimitExceededError (HTTP 429" in ramp.message
+    assert plain.transient and "RateLimitError (HTTP 429" in plain.message
+
+
+def test_mid_stream_overloaded_is_transient(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic]
+) -> None:
+    fake.add(ErrorTurn(529, "Overloaded", mid_stream=True), text_turn("never sent"))
+    error = error_of(claude(fake, clients, max_retries=2, timeout=5.0))
+
+    assert error.transient
+    assert error.message == (
+        "APIStatusError (error event in the stream, overloaded_error): Overloaded"
+        " [request req_fake_0001]"
+    )
+    assert len(fake.requests) == 1  # once the stream has begun, the SDK does not retry
+
+
+@pytest.mark.parametrize(
+    ("error_type", "error_code", "transient"),
+    [
+        ("api_error", None, True),
+        ("rate_limit_error", None, True),
+        ("timeout_error", None, True),
+        ("rate_limit_error", "enforced_spend_limit_reached", False),
+        ("invalid_request_error", None, False),
+        ("permission_error", None, False),
+    ],
+)
+def test_mid_stream_error_kind_follows_its_type(
+    fake: FakeAnthropic,
+    clients: list[anthropic.Anthropic],
+    error_type: str,
+    error_code: str | None,
+    transient: bool,
+) -> None:
+    fake.add(ErrorTurn(message=f"key {SECRET_KEY} failed", error_type=error_type,
+                       error_code=error_code, mid_stream=True))  # fmt: skip
+    error = error_of(claude(fake, clients, timeout=5.0))
+
+    assert error.transient is transient
+    assert f"{error_type}): key [redacted] failed" in error.message
+
+
+def test_connection_lost_mid_stream_is_transient(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic]
+) -> None:
+    fake.add(DisconnectTurn(), text_turn("never sent"))
+    error = error_of(claude(fake, clients, timeout=5.0))
+
+    assert error.transient
+    assert error.message.startswith("connection lost while streaming the reply (RemoteProtocol")
+    assert len(fake.requests) == 1
+
+
+def test_argument_the_sdk_refuses_is_a_permanent_error(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic]
+) -> None:
+    fake.add(text_turn("never sent"))
+    model = claude(fake, clients, timeout=5.0)
+    with pytest.raises(AgentError) as error:
+        complete(model, messages=[{"role": "user", "content": "lone \udcff surrogate"}])
+
+    assert not error.value.transient
+    assert error.value.message.startswith(
+        "the SDK rejected the request or its reply (UnicodeEncodeError: 'utf-8' codec can't encode"
+    )
+    assert fake.requests == []
