@@ -12,6 +12,7 @@ import anthropic
 import pytest
 
 from flows.fleet.agent import (
+    ELIDED_RESULT,
     AgentError,
     ModelTurn,
     ScriptedModel,
@@ -174,8 +175,51 @@ def test_output_cut_at_max_tokens_asks_to_continue(toolbox: Toolbox) -> None:
     cut = ModelTurn([{"type": "text", "text": "Half a sum"}], "max_tokens", Usage())
     model = ScriptedModel([cut, final("mary.")])
     result = run(model, toolbox, CostMeter())
-    assert result.ok and result.summary == "mary." and result.turns == 2
+    assert result.ok and result.summary == "Half a summary." and result.turns == 2
     assert model.calls[1]["messages"][-1]["role"] == "user"
+
+
+def test_a_tool_call_cut_at_max_tokens_is_not_run(toolbox: Toolbox, workspace: Path) -> None:
+    """The last tool_use of a reply cut at the output limit may hold half its input: a
+    file written from it would be silently cut short."""
+    partial = {"path": "app.py", "content": "def a():\n    return 1\n\ndef b():\n"}
+    cut = ModelTurn([{"type": "tool_use", "id": "toolu_1", "name": "write_file",
+                      "input": partial}], "max_tokens", Usage())  # fmt: skip
+    model = ScriptedModel([cut, final("Stopped.")])
+    result = run(model, toolbox, CostMeter())
+    assert result.ok and (workspace / "app.py").read_text() == "x = 1\n"
+    [answer] = model.calls[1]["messages"][-1]["content"]
+    assert answer["tool_use_id"] == "toolu_1" and answer["is_error"]
+    assert "cut off at the output token limit" in answer["content"]
+
+
+def test_a_full_context_window_ends_the_attempt_clearly(toolbox: Toolbox) -> None:
+    full = ModelTurn([{"type": "text", "text": "..."}], "model_context_window_exceeded", Usage())
+    model = ScriptedModel([tool_use("list_files", {}, "toolu_1"), full])
+    result = run(model, toolbox, CostMeter())
+    assert not result.ok and len(model.calls) == 2
+    assert result.error == "the conversation outgrew the model's context window (2 turns)"
+
+
+def test_old_tool_results_are_elided_to_bound_the_history(
+    toolbox: Toolbox, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flows.fleet.agent.HISTORY_BUDGET_CHARS", 10_000)
+    (workspace / "big.txt").write_text("line of text\n" * 150)  # 2,400 chars per read
+    reads = [tool_use("read_file", {"path": "big.txt"}, f"toolu_{i}") for i in range(12)]
+    model = ScriptedModel([*reads, final("Read it all.")])
+    assert run(model, toolbox, CostMeter(), max_turns=20).ok
+
+    def results(call: dict[str, Any]) -> list[str]:
+        return [block["content"] for message in call["messages"][1:] if message["role"] == "user"
+                for block in message["content"]]  # fmt: skip
+
+    sizes = [sum(len(text) for text in results(call)) for call in model.calls]
+    assert max(sizes) <= 10_000 + 2_400  # the budget, plus the newest result
+    last = results(model.calls[-1])
+    assert last[0] == ELIDED_RESULT and "line of text" in last[-1]
+    elided_at = [sum(text == ELIDED_RESULT for text in results(call)) for call in model.calls]
+    assert elided_at == sorted(elided_at) and len(set(elided_at)) <= 4  # elided in batches
 
 
 def test_permanent_and_transient_errors_from_a_scripted_model(toolbox: Toolbox) -> None:

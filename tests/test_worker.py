@@ -4,14 +4,18 @@ leaves behind when something it did not expect breaks."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from flows.fleet.agent import AgentError, Model, ModelTurn, ScriptedModel
 from flows.fleet.config import FleetConfig
-from flows.fleet.connection import fleet_context, open_connection
-from flows.fleet.models import Issue
+from flows.fleet.connection import Connection, fleet_context, open_connection
+from flows.fleet.models import Issue, Usage
+from flows.fleet.testbed import remote_path
 from flows.fleet.tracker import LocalTracker
-from flows.fleet.worker import IssueUnit, resolve_issue
+from flows.fleet.worker import FleetContext, IssueUnit, resolve_issue
 from flows.fleet.workspace import Mirror
 
 
@@ -22,12 +26,18 @@ class BrokenModel:
         raise OverflowError("timestamp out of range for platform time_t")
 
 
-def test_an_unexpected_error_fails_the_issue_and_labels_it(tmp_path: Path) -> None:
+def one_issue_fleet(tmp_path: Path, models: Iterator[Model]) -> tuple[Connection, FleetContext]:
+    """A test-mode fleet with one mock issue whose agent attempts use `models` in turn."""
     config = FleetConfig(mode="test", workspace=str(tmp_path / "ws"), mock_issues=1)
     connection = open_connection(config, None)
     Mirror(Path(config.workspace).resolve(), connection.clone_url).ensure()
     ctx = fleet_context(connection, tmp_path / "report", "tests:1", lambda *beat: None)
-    ctx = dataclasses.replace(ctx, model_for=lambda issue: BrokenModel())
+    ctx = dataclasses.replace(ctx, model_for=lambda issue: next(models), sleep=lambda _: None)
+    return connection, ctx
+
+
+def test_an_unexpected_error_fails_the_issue_and_labels_it(tmp_path: Path) -> None:
+    connection, ctx = one_issue_fleet(tmp_path, iter([BrokenModel()]))
     issue: Issue = connection.tracker.list_ready()[0]
 
     result = resolve_issue(IssueUnit(issue, 1), "worker-01", ctx)
@@ -43,3 +53,60 @@ def test_an_unexpected_error_fails_the_issue_and_labels_it(tmp_path: Path) -> No
     assert "time_t" not in comment  # the details stay in the fleet's own log
     log = (tmp_path / "report" / "logs" / f"{issue.name}.log").read_text()
     assert "Traceback" in log and "timestamp out of range" in log
+
+
+def tool_turn(name: str, tool_input: dict[str, Any], block_id: str) -> ModelTurn:
+    block = {"type": "tool_use", "id": block_id, "name": name, "input": tool_input}
+    return ModelTurn([block], "tool_use", Usage(input_tokens=10))
+
+
+def text_turn(text: str) -> ModelTurn:
+    return ModelTurn([{"type": "text", "text": text}], "end_turn", Usage(output_tokens=5))
+
+
+def test_a_retried_attempt_starts_from_the_workspace_the_first_one_found(tmp_path: Path) -> None:
+    """The first attempt writes a scratch file, then the API stays overloaded; the pull
+    request holds only what the second attempt did."""
+    overloaded = AgentError("transient", "OverloadedError (HTTP 529)")
+    scratch = {"path": "scratch.py", "content": "x\n"}
+    fix = {"path": "changes/fix.md", "content": "# Fix\n"}
+    first = ScriptedModel([tool_turn("write_file", scratch, "a"), overloaded])
+    second = ScriptedModel([tool_turn("list_files", {}, "b"), tool_turn("write_file", fix, "c"),
+                            text_turn("Added the fix.")])  # fmt: skip
+    connection, ctx = one_issue_fleet(tmp_path, iter([first, second]))
+    issue: Issue = connection.tracker.list_ready()[0]
+
+    result = resolve_issue(IssueUnit(issue, 1), "worker-01", ctx)
+
+    assert result.status == "succeeded" and result.attempts == 2
+    listing = second.calls[1]["messages"][-1]["content"][0]["content"]
+    assert "scratch.py" not in listing
+    pushed = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", issue.branch],
+        cwd=remote_path(Path(connection.settings.workspace).resolve()),
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.split()  # fmt: skip
+    assert "changes/fix.md" in pushed and "scratch.py" not in pushed
+
+
+def test_the_pull_request_tells_what_every_round_did(tmp_path: Path) -> None:
+    """A revision's summary describes its fix alone: the description keeps the first
+    round's account of the change too."""
+    untitled = {"path": "changes/limiter.md", "content": "rate limiter\n"}
+    titled = {"path": "changes/limiter.md", "content": "# Rate limiter\n"}
+    first = ScriptedModel([tool_turn("write_file", untitled, "a"),
+                           text_turn("Added a token-bucket rate limiter.")])  # fmt: skip
+    revision = ScriptedModel([tool_turn("write_file", titled, "b"),
+                              text_turn("Gave the note a title.")])  # fmt: skip
+    connection, ctx = one_issue_fleet(tmp_path, iter([first, revision]))
+    issue: Issue = connection.tracker.list_ready()[0]
+
+    result = resolve_issue(IssueUnit(issue, 1), "worker-01", ctx)
+
+    assert result.status == "succeeded"
+    tracker = connection.tracker
+    assert isinstance(tracker, LocalTracker)
+    [pull] = tracker.pulls()
+    assert "Added a token-bucket rate limiter.\n\nAfter the checks failed: Gave the note a " in (
+        pull.body
+    )

@@ -332,6 +332,51 @@ def test_changed_files_matches_diff_against_base_plus_untracked(
     assert "a.txt" not in ws.changed_files() and "late.txt" in ws.changed_files()
 
 
+def _files(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): path.read_text()
+        for path in root.rglob("*")
+        if path.is_file() and ".git" not in path.relative_to(root).parts
+    }
+
+
+def test_restore_undoes_everything_an_attempt_did_since_the_snapshot(
+    tmp_path: Path, upstream: Upstream, mirror: Mirror
+) -> None:
+    """A transient model error retries the agent: its second attempt must start from
+    what the first one started from, not from the first one's half-done work."""
+    upstream.commit("b.txt", "b\n")
+    mirror.ensure()
+    ws = prepare_workspace(mirror, tmp_path / "fleet", "worker-01", 13, "main")
+    (ws.path / "a.txt").write_text("an earlier round's change\n")
+    (ws.path / ".gitignore").write_text("*.log\n")
+    (ws.path / "build.log").write_text("ignored\n")
+    before, changed_before = _files(ws.path), ws.changed_files()
+    snapshot = ws.snapshot()
+
+    (ws.path / "a.txt").write_text("overwritten\n")
+    (ws.path / "b.txt").unlink()
+    (ws.path / "scratch" / "deep").mkdir(parents=True)
+    (ws.path / "scratch" / "deep" / "debug.py").write_text("breakpoint()\n")
+    (ws.path / "staged.txt").write_text("s\n")
+    git(ws.path, "add", "staged.txt")
+    (ws.path / ".gitignore").write_text("*.log\nhidden.txt\n")  # hides its own junk
+    (ws.path / "hidden.txt").write_text("junk\n")
+    git(ws.path, "add", "--all")
+    git(ws.path, "commit", "--quiet", "-m", "the attempt committed")
+    git(ws.path, "checkout", "--quiet", "-b", "elsewhere")
+    (ws.path / "late.txt").write_text("l\n")
+
+    ws.restore(snapshot)
+
+    assert _files(ws.path) == before  # build.log, ignored then and now, stays
+    assert ws.changed_files() == changed_before == [".gitignore", "a.txt"]
+    assert git(ws.path, "rev-parse", "HEAD") == snapshot.head
+    assert git(ws.path, "symbolic-ref", "--short", "HEAD") == ws.branch
+    status = git(ws.path, "status", "--porcelain", "--untracked-files=all")
+    assert status.splitlines() == ["A  .gitignore", "A  a.txt"]
+
+
 def test_commit_failure_is_not_mistaken_for_nothing_to_commit(
     tmp_path: Path, mirror: Mirror
 ) -> None:

@@ -1,15 +1,16 @@
 """The agent loop: a model that calls tools in one workspace until it is done.
 
-`Model` is the one seam to the LLM: `ClaudeModel` calls the Messages API (plain `create`,
+`Model` is the one seam to the LLM: `ClaudeModel` calls the Messages API (a streamed reply,
 the whole history each turn), `ScriptedModel` replays turns for tests and simulations.
 
 Errors and retries: the SDK already retries 408/409/429/5xx/529 and connection errors
 (`max_retries` on the client), so a model error that reaches `run_agent` is final for this
 attempt. `run_agent` returns ok=False for a permanent one (bad key, bad request, ...), and
 RE-RAISES a transient one (`AgentError.transient`: rate limit, overload, server error,
-connection) for the caller to retry the whole attempt up to `max_agent_retries`, in a fresh
-workspace. The cost of every call, including those of a failed attempt, is in the caller's
-`CostMeter`; `AgentResult.cost_usd` and `budget_usd` cover the calls of this attempt only.
+connection) for the caller to retry the whole attempt up to `max_agent_retries`, from the
+workspace as the attempt found it. The cost of every call, including those of a failed
+attempt, is in the caller's `CostMeter`; `AgentResult.cost_usd` and `budget_usd` cover the
+calls of this attempt only.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ DEFAULT_MAX_TOKENS = 16_000
 MAX_ISSUE_BODY_CHARS = 30_000
 MAX_CHECK_OUTPUT_CHARS = 20_000
 CONTINUE_PROMPT = "Your reply was cut off at the output token limit. Please continue."
+CUT_TOOL_CALL = (
+    "Not run: your reply was cut off at the output token limit, so this call's input may be "
+    "incomplete. Make the call again with less in it (write a large file in parts)."
+)
+# The tool results the conversation keeps in full, in characters (about 4 per token): past
+# it the oldest are elided, so a long session stays inside the model's context window.
+HISTORY_BUDGET_CHARS = 400_000
+ELIDED_RESULT = "[elided to keep the conversation short: make the call again if you need it]"
 FINISHED = ("end_turn", "stop_sequence")
 
 Message = dict[str, Any]
@@ -147,7 +156,9 @@ def run_agent(
     messages: list[Message] = [{"role": "user", "content": task_prompt}]
     tools = toolbox.schemas()
     progress = _Progress()
+    cut_text: list[str] = []  # what replies cut at max_tokens said, before their sequel
     while True:
+        _elide_old_tool_results(messages, HISTORY_BUDGET_CHARS)
         try:
             turn = model.complete(
                 system=system, messages=messages, tools=tools, max_tokens=max_tokens
@@ -171,17 +182,24 @@ def run_agent(
             progress.cost_usd,
         )
         if not tool_uses and turn.stop_reason in FINISHED:
-            return progress.result(True, summary=_text_of(turn.content))
+            summary = "".join([*cut_text, _text_of(turn.content)]).strip()
+            return progress.result(True, summary=summary)
         if not tool_uses and turn.stop_reason == "refusal":
             return progress.result(False, error="the model refused the task")
+        if turn.stop_reason == "model_context_window_exceeded":
+            error = f"the conversation outgrew the model's context window ({progress.turns} turns)"
+            return progress.result(False, error=error)
         if progress.cost_usd > budget_usd:
             error = f"budget exceeded: ${progress.cost_usd:.4f} > ${budget_usd:.4f}"
             return progress.result(False, error=f"{error} after {progress.turns} turns")
         if progress.turns >= max_turns:
             return progress.result(False, error=f"max_turns reached ({max_turns}) before done")
-        if tool_uses:
+        if tool_uses and turn.stop_reason == "max_tokens":  # the last call may be partial
+            messages.append({"role": "user", "content": _refuse_tools(tool_uses, CUT_TOOL_CALL)})
+        elif tool_uses:
             messages.append({"role": "user", "content": _run_tools(toolbox, tool_uses)})
         else:  # cut off at max_tokens: ask the model to go on
+            cut_text.append(_text_of(turn.content, strip=False))
             messages.append({"role": "user", "content": CONTINUE_PROMPT})
 
 
@@ -203,8 +221,39 @@ def _run_tools(toolbox: Toolbox, tool_uses: list[Block]) -> list[Block]:
     return results
 
 
-def _text_of(content: list[Block]) -> str:
-    return "\n".join(block["text"] for block in content if block.get("type") == "text").strip()
+def _refuse_tools(tool_uses: list[Block], reason: str) -> list[Block]:
+    """An error tool_result for each tool_use, none of them run."""
+    return [
+        {"type": "tool_result", "tool_use_id": block.get("id"), "content": reason, "is_error": True}
+        for block in tool_uses
+    ]
+
+
+def _elide_old_tool_results(messages: list[Message], budget_chars: int) -> None:
+    """Replace the content of the oldest tool results with a short note while all of them
+    together exceed `budget_chars`; the newest result is always kept. Once over budget, it
+    elides down to half of it, so that the history (and its prompt cache) changes rarely."""
+    results = [
+        block
+        for message in messages
+        if message["role"] == "user" and isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "tool_result" and block.get("content") != ELIDED_RESULT
+    ]
+    sizes = [len(str(block.get("content", ""))) for block in results]
+    total = sum(sizes)
+    if total <= budget_chars:
+        return
+    for block, size in zip(results[:-1], sizes[:-1], strict=True):
+        if total <= budget_chars // 2:
+            break
+        block["content"] = ELIDED_RESULT
+        total -= size - len(ELIDED_RESULT)
+
+
+def _text_of(content: list[Block], *, strip: bool = True) -> str:
+    text = "\n".join(block["text"] for block in content if block.get("type") == "text")
+    return text.strip() if strip else text
 
 
 # ----- prompts -----------------------------------------------------------------------------

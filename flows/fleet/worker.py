@@ -81,9 +81,8 @@ class _IssueLog:
 def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResult:
     issue = unit.issue
     started = datetime.now(UTC)
-    run = _IssueRun(
-        issue, worker, ctx, CostMeter(), _IssueLog(ctx.report_dir / "logs" / f"{issue.name}.log")
-    )
+    log_path = ctx.report_dir / "logs" / f"{issue.name}.log"
+    run = _IssueRun(issue, worker, ctx, CostMeter(ctx.settings.prices), _IssueLog(log_path))
     log, outcome = run.log, run.outcome
     with run.stage("claim"):
         claimed = ctx.tracker.claim(issue, f"{ctx.claimant}/{worker}")
@@ -170,11 +169,13 @@ class CheckReport:
 
 
 def _implement(run: _IssueRun, workspace: Workspace) -> tuple[AgentResult, CheckReport]:
-    """Agent, checks, and up to max_revisions more rounds while the checks fail."""
+    """Agent, checks, and up to max_revisions more rounds while the checks fail. The
+    result's summary tells what every round did (a revision's alone is only its fix)."""
     ctx = run.ctx
     failures: str | None = None
     checks = CheckReport(True, "")
     agent = AgentResult(ok=False, error="not started")
+    summaries: list[str] = []
     for revision in range(ctx.settings.max_revisions + 1):
         with run.stage("agent"):
             agent = _run_agent_with_retries(run, workspace, failures)
@@ -182,21 +183,28 @@ def _implement(run: _IssueRun, workspace: Workspace) -> tuple[AgentResult, Check
             return agent, checks
         if not workspace.changed_files():
             return AgentResult(ok=False, error="the agent changed no file"), checks
+        summaries.append(agent.summary.strip() or "(no summary)")
         with run.stage("checks"):
             checks = run_checks(workspace.path, ctx, run.issue)
         run.log(f"checks after round {revision + 1}: {'passed' if checks.passed else 'failed'}")
         if checks.passed:
             break
         failures = checks.report
-    return agent, checks
+    revisions = [f"After the checks failed: {summary}" for summary in summaries[1:]]
+    return agent.model_copy(update={"summary": "\n\n".join(summaries[:1] + revisions)}), checks
 
 
 def _run_agent_with_retries(
     run: _IssueRun, workspace: Workspace, failures: str | None
 ) -> AgentResult:
+    """Run the agent; a transient model error runs it again, from the workspace as the
+    first attempt found it (the failed attempt's edits and commits are undone)."""
     issue, ctx, meter, log = run.issue, run.ctx, run.meter, run.log
     settings = ctx.settings
+    start = workspace.snapshot()
     for retry in range(settings.max_agent_retries + 1):
+        if retry:
+            workspace.restore(start)
         run.outcome.attempts += 1
         toolbox = Toolbox(workspace.path, command_timeout=settings.command_timeout)
         try:

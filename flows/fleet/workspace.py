@@ -62,7 +62,7 @@ from urllib.parse import unquote, urlsplit
 
 import pygit2
 from pygit2 import Oid
-from pygit2.enums import DiffOption, RepositoryOpenFlag
+from pygit2.enums import CheckoutStrategy, DiffOption, RepositoryOpenFlag
 
 from flows.fleet.models import branch_name
 
@@ -279,6 +279,14 @@ class Mirror:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """A workspace's state: its branch's commit and the tree of its working files."""
+
+    head: str
+    tree: str
+
+
+@dataclass(frozen=True)
 class Workspace:
     """A worker's clone of the repository, checked out on the issue's branch.
 
@@ -302,6 +310,31 @@ class Workspace:
             tree = repo[self.base].peel(pygit2.Tree)
             diff = tree.diff_to_workdir(flags=_WITH_UNTRACKED)
             return sorted({p for d in diff.deltas for p in (d.old_file.path, d.new_file.path)})
+
+    def snapshot(self) -> Snapshot:
+        """The branch's commit and the working tree's content (ignored files left out), to
+        `restore` later. Stages everything, as `commit_all` would."""
+        with _repository(self.path, "saving the working tree") as repo:
+            index = repo.index
+            index.add_all()
+            index.write()
+            return Snapshot(head=str(repo.head.target), tree=str(index.write_tree()))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put the branch, the index and the working tree back as they were at `snapshot`:
+        whatever was written, deleted or committed since is gone, and HEAD is on the
+        issue's branch again. Ignored files stay (build outputs, caches): they are never
+        committed."""
+        with _repository(self.path, "restoring the working tree") as repo:
+            branch = f"refs/heads/{self.branch}"
+            repo.references.create(branch, snapshot.head, force=True)
+            repo.set_head(branch)
+            tree = repo[snapshot.tree].peel(pygit2.Tree)
+            # Twice: the first puts back the tracked files, .gitignore among them, so the
+            # second judges what is untracked (and removes it) by the restored rules.
+            repo.checkout_tree(tree, strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+            strategy = CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED
+            repo.checkout_tree(tree, strategy=strategy)  # type: ignore[no-untyped-call]
 
     def commit_all(self, message: str, author_name: str, author_email: str) -> str | None:
         """Stage everything (`git add --all`) and commit as author and committer; the new
