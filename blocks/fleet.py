@@ -181,13 +181,14 @@ def save_blocks_from_env(
     agent_name = agent_name or settings.agent_block
     if not github_name and not agent_name:
         raise ConfigError(
-            "command line", "github_block", "name a block to save (github_block or agent_block)"
-        )
+            "command line", "--github-block", "name a block to save (--github-block or "
+            "--agent-block, or github_block or agent_block in the config)"
+        )  # fmt: skip
     blocks: list[tuple[str, str, Block]] = []
     if github_name:
-        blocks.append(("github_block", github_name, github_block_from_env(settings, env)))
+        blocks.append(("--github-block", github_name, github_block_from_env(settings, env)))
     if agent_name:
-        blocks.append(("agent_block", agent_name, agent_block_from_env(settings, env)))
+        blocks.append(("--agent-block", agent_name, agent_block_from_env(settings, env)))
     for field, name, _ in blocks:
         _check_block_name(field, name)
     register_blocks()
@@ -201,7 +202,7 @@ def save_blocks_from_env(
                     raise
                 problem = (
                     f"a {block.get_block_type_name()} block named {name!r} already exists; "
-                    "save with overwrite to replace it"
+                    "add --overwrite to replace it"
                 )
                 raise ConfigError("command line", field, problem) from None
         saved.append(f"{block.get_block_type_slug()}/{name}")

@@ -6,6 +6,10 @@
 `issue-poller` runs on its schedule, `resolve-issue` runs (one per issue) and `pipeline`
 runs on demand; all execute in this process, at most `--limit` at a time. Needs a running
 Prefect server (`prefect server start`, PREFECT_API_URL): the ephemeral one has no scheduler.
+
+The deployments are named `<flow>-served` (`issue-poller/issue-poller-served`, ...): they live
+beside prefect.yaml's work-pool deployments, which serving would otherwise take over (and
+leave paused, without their pull steps, when it stops).
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import ConfigError
-from flows.deploy import EXIT_BAD_INPUT, positive_int
+from flows.deploy import EXIT_BAD_INPUT, positive_int, seconds
 
 DEFAULT_CONFIG = "examples/fleet-simulated.yml"
 DEFAULT_PIPELINE = "examples/multi-agent-config.yml"
+SUFFIX = "-served"
+MIN_INTERVAL_S, MAX_INTERVAL_S = 1.0, 86_400.0
 
 
 def schedule_arguments(interval: float | None, cron: str | None) -> dict[str, Any]:
@@ -35,8 +41,9 @@ def schedule_arguments(interval: float | None, cron: str | None) -> dict[str, An
             raise ConfigError("command line", "--cron", problem) from None
         return {"cron": cron}
     seconds = 300.0 if interval is None else interval
-    if seconds <= 0:
-        raise ConfigError("command line", "--interval", f"must be > 0 seconds, got {seconds:g}")
+    if not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:
+        problem = f"must be {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds, got {seconds:g}"
+        raise ConfigError("command line", "--interval", problem)
     return {"interval": seconds}
 
 
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="fleet YAML for the runs")
     parser.add_argument("--pipeline-config", default=DEFAULT_PIPELINE)
     schedule = parser.add_mutually_exclusive_group()
-    schedule.add_argument("--interval", type=float, help="poll every N seconds (default 300)")
+    schedule.add_argument("--interval", type=seconds, help="poll every N seconds (default 300)")
     schedule.add_argument("--cron", help="poll on a cron schedule instead, e.g. '*/5 * * * *'")
     parser.add_argument("--limit", type=positive_int, default=3,
                         help="runs at once in this process: the fleet size")  # fmt: skip
@@ -92,11 +99,19 @@ def serve_all(config: str, pipeline_config: str, schedule: dict[str, Any], limit
     from flows.pipeline.flow import pipeline
 
     require_api("serving deployments")
-    fleet_parameters = {"config_path": config}
+    resolver = resolve_issue_run.name + SUFFIX
+    poller_parameters = {
+        "config_path": config,
+        "deployment": f"{resolve_issue_run.name}/{resolver}",
+    }
     deployments = [
-        issue_poller.to_deployment(name="issue-poller", parameters=fleet_parameters, **schedule),
-        resolve_issue_run.to_deployment(name="resolve-issue", parameters=fleet_parameters),
-        pipeline.to_deployment(name="pipeline", parameters={"config_path": pipeline_config}),
+        issue_poller.to_deployment(
+            name=issue_poller.name + SUFFIX, parameters=poller_parameters, **schedule
+        ),
+        resolve_issue_run.to_deployment(name=resolver, parameters={"config_path": config}),
+        pipeline.to_deployment(
+            name=pipeline.name + SUFFIX, parameters={"config_path": pipeline_config}
+        ),
     ]
     serve(*[d for d in deployments if isinstance(d, RunnerDeployment)], limit=limit)
 

@@ -13,6 +13,7 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 
+from flows.config import ConfigError
 from flows.fleet.dispatch import FLEET_TAG, PRIORITY_QUEUES
 
 CRASH_DETECTION = "fleet-crash-detection"
@@ -24,13 +25,17 @@ FINAL_EVENTS = {
 def ensure_work_pool(
     client: SyncPrefectClient, name: str, pool_type: str, concurrency_limit: int | None
 ) -> WorkPool:
-    """Create the pool, or set the concurrency limit of an existing one."""
+    """Create the pool, or set the concurrency limit of an existing one; ConfigError when
+    an existing pool of that name has another type (its workers run runs another way)."""
     try:
-        client.read_work_pool(name)
+        pool = client.read_work_pool(name)
     except ObjectNotFound:
         return client.create_work_pool(
             WorkPoolCreate(name=name, type=pool_type, concurrency_limit=concurrency_limit)
         )
+    if pool.type != pool_type:
+        problem = f"work pool {name!r} exists with type {pool.type!r}, not {pool_type!r}: "
+        raise ConfigError("command line", "--type", problem + "choose another --pool name")
     client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=concurrency_limit))
     return client.read_work_pool(name)
 
@@ -50,6 +55,8 @@ def ensure_priority_queues(client: SyncPrefectClient, pool: str) -> None:
 
 HEARTBEAT_SECONDS = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of the deployments (prefect.yaml)
 MIN_CRASH_AFTER = 2 * HEARTBEAT_SECONDS  # a late heartbeat must not crash a live run
+MAX_CRASH_AFTER = 86_400  # a day: longer, and a dead run's issue waits all that time
+MAX_POOL_CONCURRENCY = 10_000  # a fleet size; Prefect's server refuses far larger limits
 
 
 def crash_detection(within_seconds: float) -> AutomationCore:
@@ -86,7 +93,9 @@ def crash_detection(within_seconds: float) -> AutomationCore:
 
 
 def ensure_crash_detection(client: SyncPrefectClient, within_seconds: float = 75) -> UUID:
-    """Create the crash-detection automation, replacing an older version of it."""
+    """Create the crash-detection automation, replacing an older version of it (only once
+    the new one is built: a bad value leaves the old one in place)."""
+    automation = crash_detection(within_seconds)
     for existing in client.read_automations_by_name(CRASH_DETECTION):
         client.delete_automation(existing.id)
-    return client.create_automation(crash_detection(within_seconds))
+    return client.create_automation(automation)

@@ -235,15 +235,20 @@ def run_init_command(args: argparse.Namespace) -> int:
     from blocks import register_blocks
     from deployments.server_setup import (
         CRASH_DETECTION,
+        MAX_CRASH_AFTER,
+        MAX_POOL_CONCURRENCY,
         MIN_CRASH_AFTER,
         ensure_crash_detection,
         ensure_priority_queues,
         ensure_work_pool,
     )
 
-    if args.crash_after < MIN_CRASH_AFTER:
-        raise ConfigError("command line", "--crash-after", f"must be at least {MIN_CRASH_AFTER}"
-                          f" seconds (two heartbeats), got {args.crash_after}")  # fmt: skip
+    if not MIN_CRASH_AFTER <= args.crash_after <= MAX_CRASH_AFTER:
+        problem = f"must be {MIN_CRASH_AFTER} (two heartbeats) to {MAX_CRASH_AFTER} seconds"
+        raise ConfigError("command line", "--crash-after", f"{problem}, got {args.crash_after}")
+    if args.workers > MAX_POOL_CONCURRENCY:
+        raise ConfigError("command line", "--workers",
+                          f"at most {MAX_POOL_CONCURRENCY}, got {args.workers}")  # fmt: skip
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", args.pool):
         raise ConfigError("command line", "--pool", f"not a valid work pool name: {args.pool!r}")
     _prefect.require_api("init")
@@ -257,7 +262,10 @@ def run_init_command(args: argparse.Namespace) -> int:
     print("block types registered: fleet-github, fleet-agent")
     print(f"automation {CRASH_DETECTION!r}: runs without a heartbeat for {args.crash_after}s "
           "are marked Crashed")  # fmt: skip
-    print("next: `prefect --no-prompt deploy --all`, then on each machine "
+    deploy = "prefect --no-prompt deploy --all"
+    if pool.type == "docker":
+        deploy = "prefect --no-prompt deploy --prefect-file docker/prefect-docker.yaml --all"
+    print(f"next: `{deploy}`, then on each machine "
           f"`WORKER_ID=worker-1 prefect worker start --pool {pool.name}`")  # fmt: skip
     return EXIT_OK
 

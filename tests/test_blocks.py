@@ -228,7 +228,7 @@ def test_save_blocks_from_env(api: str) -> None:
     assert agent.api_key.get_secret_value() == API_KEY
     assert (agent.model, agent.prices) == ("my-model", {"my-model": PRICE})
 
-    with pytest.raises(ConfigError, match="already exists; save with overwrite"):
+    with pytest.raises(ConfigError, match="already exists; add --overwrite to replace it"):
         save_blocks_from_env(settings, ENV, github_name=name)
     newer = {**ENV, "GITHUB_TOKEN": "ghp_newer"}
     save_blocks_from_env(settings, newer, github_name=name, overwrite=True)

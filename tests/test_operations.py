@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from deployments.server_setup import CRASH_DETECTION, ensure_crash_detection, ensure_work_pool
 from flows._prefect import local_server, wait_for_api
+from flows.config import ConfigError
 from flows.fleet.testbed import ensure_remote, ensure_tracker
 from flows.fleet.tracker import Labels
 from tests.conftest import REPO, run_cli, write_config
@@ -58,13 +61,24 @@ def test_served_poller_fires_on_its_schedule_and_resolves_the_issues(
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
     assert sorted(p.branch for p in tracker.pulls()) == [f"ai-feature/issue-{n}" for n in (1, 2, 3)]
+    # served under names of their own: prefect.yaml's work-pool deployments are left alone
+    with (
+        temporary_settings(updates={PREFECT_API_URL: cli_env["PREFECT_API_URL"]}),
+        get_client(sync_client=True) as client,
+    ):
+        names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
+    assert {"issue-poller/issue-poller-served", "resolve-issue/resolve-issue-served",
+            "pipeline/pipeline-served"} <= names  # fmt: skip
+    assert not {"issue-poller/issue-poller", "resolve-issue/resolve-issue"} & names
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--cron", "every five minutes"], "--cron: not a valid cron expression"),
-        (["--interval", "0"], "--interval: must be > 0 seconds"),
+        (["--interval", "0"], "--interval: must be 1 to 86400 seconds, got 0"),
+        (["--interval", "1e300"], "--interval: must be 1 to 86400 seconds"),
+        (["--interval", "nan"], "--interval: expected a finite, non-negative number"),
         (["--config", "no/such/file.yml"], "--config: no such file"),
     ],
 )
@@ -74,6 +88,46 @@ def test_serve_rejects_bad_input(args: list[str], message: str, cli_env: dict[st
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--crash-after", "99999999999999"],
+            "--crash-after: must be 60 (two heartbeats) to 86400",
+        ),
+        (["--crash-after", "30"], "--crash-after: must be 60"),
+        (["--workers", "9223372036854775808"], "--workers: at most 10000"),
+    ],
+)
+def test_init_rejects_bad_input_before_touching_the_server(
+    args: list[str], message: str, cli_env: dict[str, str]
+) -> None:
+    result = run_cli(["init", *args], cli_env)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_init_keeps_what_it_cannot_replace(prefect_server: str) -> None:
+    """A pool of another type is refused, not silently kept; a crash-detection automation
+    that cannot be built leaves the old one in place."""
+    with (
+        temporary_settings(updates={PREFECT_API_URL: prefect_server}),
+        get_client(sync_client=True) as client,
+    ):
+        ensure_work_pool(client, "typed-pool", "process", 2)
+        with pytest.raises(ConfigError, match="exists with type 'process', not 'docker'"):
+            ensure_work_pool(client, "typed-pool", "docker", 2)
+        ensure_crash_detection(client, 75)
+        try:
+            with pytest.raises(OverflowError):
+                ensure_crash_detection(client, 1e14)
+            [kept] = client.read_automations_by_name(CRASH_DETECTION)
+            assert kept.trigger.within.total_seconds() == 75  # type: ignore[union-attr]
+        finally:
+            for automation in client.read_automations_by_name(CRASH_DETECTION):
+                client.delete_automation(automation.id)
 
 
 def test_deploy_to_a_missing_work_pool_fails_clearly(tmp_path: Path) -> None:
@@ -131,7 +185,13 @@ def test_fleet_run_survives_a_server_restart(tmp_path: Path) -> None:
              "--mock-issues", "6", "--agent-seconds", "3", "--workspace", str(tmp_path / "ws")],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        time.sleep(8)  # the fleet is running its first issues
+        # Stop the server once the fleet is running its first issues (not after a fixed
+        # time: on a loaded machine the CLI may still be checking the server then).
+        issue_logs = tmp_path / "ws" / ".fleet" / "report" / "logs"
+        deadline = time.monotonic() + 120
+        while not list(issue_logs.glob("*.log")) and time.monotonic() < deadline:
+            assert fleet.poll() is None, fleet.communicate()[0].decode()[-3000:]
+            time.sleep(0.2)
         stop_server(server)
         time.sleep(3)
         server = start_server(home, port)
