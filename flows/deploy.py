@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--monitor-duration", type=seconds, default=0.0,
                        help="keep polling for new issues for this many seconds")  # fmt: skip
     fleet.add_argument("--mock-issues", type=int, help="test mode: mock issues to add")
+    fleet.add_argument("--mock-issues-file", help="test mode: a YAML list of issues to add "
+                       "(title, body, labels), each once")  # fmt: skip
     fleet.add_argument("--agent-seconds", type=float, help="test mode: time per simulated agent")
     fleet.add_argument("--failure-rate", type=float, help="test mode: share of agents that fail")
     fleet.add_argument("--simulate", action="store_true",
@@ -185,11 +187,14 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         "mode": args.mode, "repo": args.repo, "workers": args.workers,
         "processes": args.processes,
         "workspace": args.workspace, "mock_issues": args.mock_issues,
+        "mock_issues_file": args.mock_issues_file,
         "agent_seconds": args.agent_seconds, "failure_rate": args.failure_rate,
     }  # fmt: skip
     if args.simulate:
         overrides["simulate"] = True
     settings = load_fleet_config(args.config, overrides)
+    if args.mock_issues_file:  # absolute: runs in another directory find it too
+        overrides["mock_issues_file"] = settings.mock_issues_file
     workspace_source = (
         ("command line", "--workspace") if args.workspace else ("fleet settings", "workspace")
     )

@@ -67,6 +67,32 @@ def test_mode_resolves_every_issue_with_a_pull_request(
     assert {t["worker"] for t in tasks} <= {"worker-01", "worker-02", "worker-03"}
 
 
+def test_mock_issues_from_a_file_are_resolved_once(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """Issues read from a file (a hostile title among them) are added once: a second run
+    finds them there and adds none."""
+    issues = tmp_path / "issues.yml"
+    hostile = "Fix `rm -rf /`; $(reboot) in ../../etc — ünïcödé"
+    issues.write_text(
+        f"- title: {json.dumps(hostile)}\n  body: ''\n  labels: [priority:1]\n"
+        "- title: Add a health endpoint\n  body: GET /health answers 200.\n"
+    )
+    workspace = tmp_path / "ws"
+    args = fleet_args(workspace, "--mock-issues", "0", "--mock-issues-file", str(issues))
+    first = run_cli(args, cli_env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    store = tracker(workspace)
+    assert [(i.title, i.number) for i in store.issues()] == [
+        (hostile, 1),
+        ("Add a health endpoint", 2),
+    ]
+    assert remote_branches(workspace) == {"main", "ai-feature/issue-1", "ai-feature/issue-2"}
+    report = json.loads((workspace / ".fleet" / "report" / "report.json").read_text())
+    assert [(t["issue"], t["priority"]) for t in report["tasks"]] == [(1, 1), (2, 2)]
+    second = run_cli(args, cli_env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert len(store.issues()) == 2 and len(store.pulls()) == 2
+
+
 def test_monitoring_polls_again_and_names_each_polls_report(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:

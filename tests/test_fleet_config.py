@@ -9,7 +9,8 @@ import pytest
 from flows.config import ConfigError
 from flows.fleet.config import load_fleet_config
 from flows.fleet.cost import Price, price_for
-from tests.conftest import write_config
+from flows.fleet.testbed import load_mock_issues
+from tests.conftest import REPO, write_config
 
 NEW_PRICE = "{input: 3, output: 15.0, cache_write: 3.75, cache_read: 0.3}"
 
@@ -139,3 +140,50 @@ def test_a_model_without_a_price_says_where_to_give_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_fleet_config(None, {"model": "claude-sonnet-9"})
     assert str(error.value).startswith("command line: --model: no price for model")
+
+
+def test_a_mock_issues_file_is_found_from_where_it_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative to the config file in the file, to the working directory on the command
+    line; absolute afterwards (runs in other directories find it); missing: named."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "issues.yml").write_text("- title: from the config's folder\n")
+    (tmp_path / "cli.yml").write_text("- title: from the working directory\n")
+    config = tmp_path / "conf" / "fleet.yml"
+    config.write_text("fleet:\n  mock_issues_file: issues.yml\n")
+    monkeypatch.chdir(tmp_path)
+    settings = load_fleet_config(config, {})
+    assert settings.mock_issues_file == str(tmp_path / "conf" / "issues.yml")
+    settings = load_fleet_config(config, {"mock_issues_file": "cli.yml"})
+    assert settings.mock_issues_file == str(tmp_path / "cli.yml")
+    with pytest.raises(ConfigError, match=r"command line: --mock-issues-file: no such file: "):
+        load_fleet_config(config, {"mock_issues_file": "issues.yml"})
+    config.write_text("fleet:\n  mock_issues_file: ../cli.yml/x\n")
+    with pytest.raises(ConfigError, match=r"fleet.yml: mock_issues_file: no such file: "):
+        load_fleet_config(config, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("title: not a list\n", ": expected a list of issues"),
+        ("- body: no title\n", ": [0].title: required field is missing"),
+        ("- title: ''\n", ": [0].title:"),
+        ("- title: t\n  labels: priority:1\n", ": [0].labels:"),
+        ("- title: t\n  assignee: me\n", ": [0].assignee: unknown key"),
+        (f"- title: t\n  body: {'x' * 70_000}\n", ": [0].body:"),
+        ("- title: [unclosed\n", ": invalid YAML at line 2"),
+    ],
+)
+def test_a_bad_mock_issues_file_names_the_entry(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "issues.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_mock_issues(path)
+    assert str(error.value).startswith(f"{path}{message}"), str(error.value)
+
+
+def test_the_bundled_mock_issues_file_loads() -> None:
+    issues = load_mock_issues(REPO / "examples" / "mock-issues.yml")
+    assert len(issues) == 4 and issues[0].labels == ["priority:1", "enhancement"]

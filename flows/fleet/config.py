@@ -131,6 +131,13 @@ class FleetConfig(BaseModel):
     )
     # test mode (and simulate) only
     mock_issues: NonNegativeInt = 5
+    mock_issues_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="YAML list of issues ({title, body, labels}) to add, each once (not when "
+        "an issue of that title exists); relative to the config file, or on the command "
+        "line to the working directory",
+    )
     agent_seconds: Seconds = 1.0
     failure_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
 
@@ -164,6 +171,7 @@ def load_fleet_config(
             raise ConfigError(path, "fleet", "expected a mapping under a top-level 'fleet:' key")
         data.update(section)
         _validate(data, path)
+        _anchor(data, "mock_issues_file", path.parent, path, "mock_issues_file")
     if "workspace" not in data and os.environ.get("WORKSPACE_DIR"):
         data["workspace"] = os.environ["WORKSPACE_DIR"]
         _validate(data, "environment", {"workspace": "WORKSPACE_DIR"})
@@ -172,7 +180,22 @@ def load_fleet_config(
         source, names = "command line", {key: "--" + key.replace("_", "-") for key in given}
     else:
         source, names = "flow parameters", {key: f"overrides.{key}" for key in given}
+    _anchor(given, "mock_issues_file", Path.cwd(), source, names.get("mock_issues_file"))
     return _validate({**data, **given}, source, names)
+
+
+def _anchor(
+    data: dict[str, object], key: str, base: Path, source: Path | str, name: str | None
+) -> None:
+    """Make the file path `data[key]` absolute against `base`; ConfigError when it is not
+    a file (named as `source` calls it)."""
+    value = data.get(key)
+    if not isinstance(value, str):
+        return
+    path = base / value
+    if not path.is_file():
+        raise ConfigError(source, name or key, f"no such file: {path}")
+    data[key] = str(path.absolute())
 
 
 def _validate(

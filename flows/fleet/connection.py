@@ -25,6 +25,7 @@ from flows.fleet.testbed import (
     DEFAULT_BRANCH,
     ensure_remote,
     ensure_tracker,
+    load_mock_issues,
     open_tracker,
     remote_path,
     testbed_source,
@@ -102,7 +103,10 @@ def open_connection(
         return _open_github(settings, labels, credentials)
     root = Path(settings.workspace).resolve()
     if seed:
-        tracker: Tracker = ensure_tracker(root, settings.mock_issues, labels)
+        from_file = (
+            load_mock_issues(Path(settings.mock_issues_file)) if settings.mock_issues_file else []
+        )
+        tracker: Tracker = ensure_tracker(root, settings.mock_issues, labels, from_file)
         clone_url = ensure_remote(root)
     else:
         tracker, clone_url = open_tracker(root, labels), str(remote_path(root))

@@ -1,14 +1,23 @@
 """Test mode's stand-ins for GitHub: a local bare repository (branches, commits and pushes
-are real git objects) and a file-backed tracker seeded with mock issues."""
+are real git objects) and a file-backed tracker seeded with mock issues, generated or read
+from a YAML file."""
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from flows.config import ConfigError, describe_validation_error, read_yaml
 from flows.fleet.tracker import Labels, LocalTracker, generate_mock_issues
 from flows.fleet.workspace import GitAuth, run_git
+
+MAX_TITLE_CHARS = 256  # GitHub's limits
+MAX_BODY_CHARS = 65_536
 
 DEFAULT_BRANCH = "main"
 CHECKS_CONFIG = """\
@@ -71,16 +80,47 @@ def ensure_remote(workspace: Path) -> str:
     return str(remote)
 
 
-def ensure_tracker(workspace: Path, mock_issues: int, labels: Labels) -> LocalTracker:
-    """The mock tracker; `mock_issues` new ready issues are added on every start."""
+class MockIssue(BaseModel):
+    """An issue of a mock issues file; it is added with the ready label."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    body: str = Field(default="", max_length=MAX_BODY_CHARS)
+    labels: list[Annotated[str, Field(min_length=1, max_length=50)]] = Field(
+        default_factory=list, description="besides the ready label, e.g. priority:1"
+    )
+
+
+def load_mock_issues(path: Path) -> list[MockIssue]:
+    """The issues of a YAML (or JSON) file: a list of {title, body, labels}. ConfigError
+    naming the file and the entry's field (`[2].title`)."""
+    data = read_yaml(path)
+    if not isinstance(data, list):
+        raise ConfigError(path, "", "expected a list of issues, each with a title (body, labels)")
+    try:
+        return TypeAdapter(list[MockIssue]).validate_python(data)
+    except ValidationError as exc:
+        field, problem = describe_validation_error(exc.errors()[0])
+        raise ConfigError(path, field, problem) from None
+
+
+def ensure_tracker(
+    workspace: Path, mock_issues: int, labels: Labels, from_file: Sequence[MockIssue] = ()
+) -> LocalTracker:
+    """The mock tracker; `mock_issues` new ready issues are added on every start, and each
+    issue of `from_file` once (not when the tracker has an issue of that title already)."""
     path = tracker_path(workspace)
     try:
-        return LocalTracker.create(path, generate_mock_issues(mock_issues, labels.ready), labels)
+        tracker = LocalTracker.create(path, generate_mock_issues(mock_issues, labels.ready), labels)
     except FileExistsError:
         tracker = open_tracker(workspace, labels)
         for issue in generate_mock_issues(mock_issues, labels.ready):
             tracker.add_issue(issue.title, issue.body, issue.labels)
-        return tracker
+    if from_file:
+        wanted = [(i.title, i.body, [labels.ready, *i.labels]) for i in from_file]
+        tracker.add_missing_issues(wanted)
+    return tracker
 
 
 def open_tracker(workspace: Path, labels: Labels) -> LocalTracker:

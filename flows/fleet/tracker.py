@@ -653,6 +653,18 @@ class LocalTracker:
         _write_model(self._issue_file(record.number), record)  # a fresh number: nobody else
         return record.to_issue()
 
+    def add_missing_issues(self, issues: Iterable[tuple[str, str, list[str]]]) -> list[Issue]:
+        """Add each (title, body, labels) unless an issue of that title exists; the added.
+        One lock for the whole check, so two fleets seeding at once add each issue once."""
+        with _flock(self._lock_file("seed")):
+            titles = {issue.title for issue in self.issues()}
+            added = []
+            for title, body, labels in issues:
+                if title not in titles:
+                    added.append(self.add_issue(title, body, labels))
+                    titles.add(title)
+            return added
+
     # ----- Tracker -----
 
     def list_ready(self) -> list[Issue]:
