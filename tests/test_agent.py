@@ -193,6 +193,25 @@ def test_a_tool_call_cut_at_max_tokens_is_not_run(toolbox: Toolbox, workspace: P
     assert "cut off at the output token limit" in answer["content"]
 
 
+def test_text_cut_before_a_tool_call_is_not_in_the_summary(toolbox: Toolbox) -> None:
+    cut = ModelTurn([{"type": "text", "text": "Let me look first and then I will"}],
+                    "max_tokens", Usage())  # fmt: skip
+    model = ScriptedModel([cut, tool_use("list_files", {}, "toolu_1"), final("Fixed app.py.")])
+    assert run(model, toolbox, CostMeter()).summary == "Fixed app.py."
+
+
+def test_tool_calls_of_a_reply_that_did_not_stop_for_them_are_not_run(
+    toolbox: Toolbox, workspace: Path
+) -> None:
+    """A stream that ended early has no stop reason: its last call may be partial too."""
+    partial = {"type": "tool_use", "id": "toolu_1", "name": "write_file",
+               "input": {"path": "app.py", "content": "def a("}}  # fmt: skip
+    model = ScriptedModel([ModelTurn([partial], None, Usage()), final("Stopped.")])
+    assert run(model, toolbox, CostMeter()).ok
+    assert (workspace / "app.py").read_text() == "x = 1\n"
+    assert model.calls[1]["messages"][-1]["content"][0]["is_error"]
+
+
 def test_a_full_context_window_ends_the_attempt_clearly(toolbox: Toolbox) -> None:
     full = ModelTurn([{"type": "text", "text": "..."}], "model_context_window_exceeded", Usage())
     model = ScriptedModel([tool_use("list_files", {}, "toolu_1"), full])
@@ -220,6 +239,22 @@ def test_old_tool_results_are_elided_to_bound_the_history(
     assert last[0] == ELIDED_RESULT and "line of text" in last[-1]
     elided_at = [sum(text == ELIDED_RESULT for text in results(call)) for call in model.calls]
     assert elided_at == sorted(elided_at) and len(set(elided_at)) <= 4  # elided in batches
+
+
+def test_results_the_model_has_not_seen_are_never_elided(
+    toolbox: Toolbox, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over budget, the oldest results go; those of the turn just run, all of them, stay."""
+    monkeypatch.setattr("flows.fleet.agent.HISTORY_BUDGET_CHARS", 10_000)
+    (workspace / "big.txt").write_text("line of text\n" * 150)
+    read = {"type": "tool_use", "name": "read_file", "input": {"path": "big.txt"}}
+    parallel = ModelTurn([{**read, "id": f"toolu_p{i}"} for i in range(6)], "tool_use", Usage())
+    model = ScriptedModel([tool_use("read_file", {"path": "big.txt"}, "toolu_1"), parallel,
+                           final("Done.")])  # fmt: skip
+    assert run(model, toolbox, CostMeter()).ok
+    last = model.calls[-1]["messages"]
+    assert last[2]["content"][0]["content"] == ELIDED_RESULT  # the first turn's result
+    assert all("line of text" in block["content"] for block in last[-1]["content"])
 
 
 def test_permanent_and_transient_errors_from_a_scripted_model(toolbox: Toolbox) -> None:

@@ -13,6 +13,7 @@ from flows.fleet.agent import AgentError, ModelTurn
 from flows.fleet.claude import ClaudeModel
 from flows.fleet.models import Usage
 from tests.fakes.anthropic_api import (
+    AssistantTurn,
     DisconnectTurn,
     ErrorTurn,
     FakeAnthropic,
@@ -196,6 +197,25 @@ def test_connection_lost_mid_stream_is_transient(
     assert error.transient
     assert error.message.startswith("connection lost while streaming the reply (RemoteProtocol")
     assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        (0, "the reply stream ended before a message began"),
+        (5, "the reply stream ended before the reply did"),  # inside the tool call's input
+    ],
+)
+def test_a_stream_that_ends_early_is_transient_and_runs_nothing(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic], events: int, message: str
+) -> None:
+    """A proxy may close the response properly in the middle: no error from the SDK, a
+    message without a stop reason, whose last tool call holds part of its input."""
+    call = tool_turn("run_command", {"argv": ["sh", "cleanup.sh", "--dry-run"]})
+    fake.add(AssistantTurn(call.content, "tool_use", stream_events=events))
+    error = error_of(claude(fake, clients, timeout=5.0))
+
+    assert error.transient and error.message == message
 
 
 def test_argument_the_sdk_refuses_is_a_permanent_error(

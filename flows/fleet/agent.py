@@ -194,10 +194,13 @@ def run_agent(
             return progress.result(False, error=f"{error} after {progress.turns} turns")
         if progress.turns >= max_turns:
             return progress.result(False, error=f"max_turns reached ({max_turns}) before done")
-        if tool_uses and turn.stop_reason == "max_tokens":  # the last call may be partial
-            messages.append({"role": "user", "content": _refuse_tools(tool_uses, CUT_TOOL_CALL)})
-        elif tool_uses:
-            messages.append({"role": "user", "content": _run_tools(toolbox, tool_uses)})
+        if tool_uses:
+            cut_text.clear()  # text cut before a tool call is no part of the final answer
+            # Only a reply that stopped to call its tools holds them whole: one cut at
+            # max_tokens (or ended early) may hold the last call's input in part.
+            complete = turn.stop_reason == "tool_use"
+            answers = _run_tools(toolbox, tool_uses) if complete else _refuse_tools(tool_uses)
+            messages.append({"role": "user", "content": answers})
         else:  # cut off at max_tokens: ask the model to go on
             cut_text.append(_text_of(turn.content, strip=False))
             messages.append({"role": "user", "content": CONTINUE_PROMPT})
@@ -221,34 +224,41 @@ def _run_tools(toolbox: Toolbox, tool_uses: list[Block]) -> list[Block]:
     return results
 
 
-def _refuse_tools(tool_uses: list[Block], reason: str) -> list[Block]:
-    """An error tool_result for each tool_use, none of them run."""
+def _refuse_tools(tool_uses: list[Block]) -> list[Block]:
+    """An error tool_result for each tool_use of a cut reply, none of them run."""
     return [
-        {"type": "tool_result", "tool_use_id": block.get("id"), "content": reason, "is_error": True}
+        {"type": "tool_result", "tool_use_id": block.get("id"), "content": CUT_TOOL_CALL,
+         "is_error": True}
         for block in tool_uses
-    ]
+    ]  # fmt: skip
 
 
 def _elide_old_tool_results(messages: list[Message], budget_chars: int) -> None:
     """Replace the content of the oldest tool results with a short note while all of them
-    together exceed `budget_chars`; the newest result is always kept. Once over budget, it
-    elides down to half of it, so that the history (and its prompt cache) changes rarely."""
-    results = [
-        block
-        for message in messages
-        if message["role"] == "user" and isinstance(message["content"], list)
-        for block in message["content"]
-        if block.get("type") == "tool_result" and block.get("content") != ELIDED_RESULT
-    ]
-    sizes = [len(str(block.get("content", ""))) for block in results]
-    total = sum(sizes)
+    together exceed `budget_chars`; the results the model has not seen yet (the last
+    message's) are always kept. Once over budget, it elides down to half of it, so that the
+    history (and its prompt cache) changes rarely."""
+    results = [_tool_results(message) for message in messages]
+    total = sum(len(str(block["content"])) for blocks in results for block in blocks)
     if total <= budget_chars:
         return
-    for block, size in zip(results[:-1], sizes[:-1], strict=True):
+    for block in (block for blocks in results[:-1] for block in blocks):
         if total <= budget_chars // 2:
             break
+        total -= len(str(block["content"])) - len(ELIDED_RESULT)
         block["content"] = ELIDED_RESULT
-        total -= size - len(ELIDED_RESULT)
+
+
+def _tool_results(message: Message) -> list[Block]:
+    """The tool results of a message that still have their content."""
+    content = message["content"]
+    if message["role"] != "user" or not isinstance(content, list):
+        return []
+    return [
+        block
+        for block in content
+        if block.get("type") == "tool_result" and block.get("content") != ELIDED_RESULT
+    ]
 
 
 def _text_of(content: list[Block], *, strip: bool = True) -> str:

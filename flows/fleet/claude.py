@@ -62,15 +62,19 @@ class ClaudeModel:
                 messages=cast(Any, _cached_messages(messages) if cache else messages),
                 tools=cast(Any, tools),
             ) as stream:
-                reply = stream.get_final_message()
+                reply = stream.get_final_message()  # AssertionError: the stream had no message
         except anthropic.AnthropicError as exc:
             raise agent_error(exc, secrets) from None
         except httpx2.TransportError as exc:  # the SDK's retries end once the stream has begun
             message = f"connection lost while streaming the reply ({type(exc).__name__}: {exc})"
             raise AgentError("transient", _redact(message, secrets)) from None
+        except AssertionError:
+            raise AgentError("transient", "the reply stream ended before a message began") from None
         except ValueError as exc:  # e.g. text the SDK cannot encode: the same request fails again
             message = f"the SDK rejected the request or its reply ({type(exc).__name__}: {exc})"
             raise AgentError("permanent", _redact(message, secrets)) from None
+        if reply.stop_reason is None:  # the stream ended cleanly, but before message_stop
+            raise AgentError("transient", "the reply stream ended before the reply did")
         return ModelTurn(
             content=[_block_to_dict(block) for block in reply.content],
             stop_reason=reply.stop_reason,

@@ -58,12 +58,15 @@ class Usage:
 
 @dataclass(frozen=True)
 class AssistantTurn:
-    """A scripted assistant message; `model=None` echoes the request's model."""
+    """A scripted assistant message; `model=None` echoes the request's model. Streamed,
+    `stream_events=N` ends the stream cleanly after its first N events (no message_stop),
+    as a proxy that closes the response properly in the middle would."""
 
     content: list[dict[str, Any]]
     stop_reason: str = "end_turn"
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
+    stream_events: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,8 @@ class FakeAnthropic(LoopbackServer):
             model = turn.model or body["model"]
             message = _message(message_id, model, turn.content, turn.stop_reason, turn.usage)
             if streaming:
-                return _event_stream(_message_events(message), request_id)
+                events = _message_events(message)[: turn.stream_events]
+                return _event_stream(events, request_id)
             return Response(200, message, {"request-id": request_id})
         if isinstance(turn, ErrorTurn) and not (turn.mid_stream and streaming):
             return turn.to_response(request_id)
