@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -344,16 +345,22 @@ def test_restore_undoes_everything_an_attempt_did_since_the_snapshot(
     tmp_path: Path, upstream: Upstream, mirror: Mirror
 ) -> None:
     """A transient model error retries the agent: its second attempt must start from
-    what the first one started from, not from the first one's half-done work."""
+    what the first one started from, not from the first one's half-done work, however
+    that work was hidden."""
     upstream.commit("b.txt", "b\n")
+    (upstream.seed / "src").mkdir()
+    upstream.commit("src/m.py", "m\n")
     mirror.ensure()
     ws = prepare_workspace(mirror, tmp_path / "fleet", "worker-01", 13, "main")
     (ws.path / "a.txt").write_text("an earlier round's change\n")
     (ws.path / ".gitignore").write_text("*.log\n")
     (ws.path / "build.log").write_text("ignored\n")
     before, changed_before = _files(ws.path), ws.changed_files()
+    config_before = (ws.path / ".git" / "config").read_bytes()
     snapshot = ws.snapshot()
 
+    outside = tmp_path / "outside"
+    outside.mkdir()
     (ws.path / "a.txt").write_text("overwritten\n")
     (ws.path / "b.txt").unlink()
     (ws.path / "scratch" / "deep").mkdir(parents=True)
@@ -362,19 +369,32 @@ def test_restore_undoes_everything_an_attempt_did_since_the_snapshot(
     git(ws.path, "add", "staged.txt")
     (ws.path / ".gitignore").write_text("*.log\nhidden.txt\n")  # hides its own junk
     (ws.path / "hidden.txt").write_text("junk\n")
+    (ws.path / "sub").mkdir()
+    (ws.path / "sub" / ".gitignore").write_text("*\n")  # an untracked one, hiding all
+    (ws.path / "sub" / "x.py").write_text("x\n")
+    (ws.path / ".git" / "info" / "exclude").write_text("leftover.py\n")
+    (ws.path / "leftover.py").write_text("l\n")
     git(ws.path, "add", "--all")
     git(ws.path, "commit", "--quiet", "-m", "the attempt committed")
+    shutil.rmtree(ws.path / "src")
+    (ws.path / "src").symlink_to(outside)  # a folder turned into a link out
+    git(ws.path, "init", "--quiet", "vendor")  # a nested repository
+    git(ws.path, "config", "core.excludesFile", str(tmp_path / "nowhere"))
     git(ws.path, "checkout", "--quiet", "-b", "elsewhere")
-    (ws.path / "late.txt").write_text("l\n")
+    git(ws.path, "gc", "--quiet", "--prune=now")  # the snapshot's objects must survive
+    (ws.path / "late.log").write_text("l\n")
 
     ws.restore(snapshot)
 
-    assert _files(ws.path) == before  # build.log, ignored then and now, stays
+    assert _files(ws.path) == {k: v for k, v in before.items() if k != "build.log"}
+    assert not (ws.path / "src").is_symlink() and list(outside.iterdir()) == []
     assert ws.changed_files() == changed_before == [".gitignore", "a.txt"]
     assert git(ws.path, "rev-parse", "HEAD") == snapshot.head
     assert git(ws.path, "symbolic-ref", "--short", "HEAD") == ws.branch
-    status = git(ws.path, "status", "--porcelain", "--untracked-files=all")
+    status = git(ws.path, "status", "--porcelain", "--untracked-files=all", "--ignored")
     assert status.splitlines() == ["A  .gitignore", "A  a.txt"]
+    assert (ws.path / ".git" / "config").read_bytes() == config_before
+    assert ws.commit_all("retry", *AUTHOR) is not None  # nothing left that cannot commit
 
 
 def test_commit_failure_is_not_mistaken_for_nothing_to_commit(

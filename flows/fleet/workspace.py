@@ -54,7 +54,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,12 +278,52 @@ class Mirror:
         run_git(args, cwd=cwd, auth=self.auth, url=self.clone_url, timeout=self.timeout)
 
 
+SNAPSHOT_REF = "refs/fleet/snapshot"
+_SETTINGS = ("config", "info/exclude")  # in .git: what decides what is ignored, and more
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """A workspace's state: its branch's commit and the tree of its working files."""
+    """A workspace's state: its branch's commit, the tree of its working files and the
+    content of its repository settings (None: the file did not exist)."""
 
     head: str
     tree: str
+    settings: dict[str, bytes | None]
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _replace_file(path: Path, content: bytes | None) -> None:
+    """Write `content` to a new file at `path` (None: no file), never through a symlink
+    that stands there."""
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    if content is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+def _empty_worktree(root: Path) -> None:
+    """Delete everything in a working tree but `.git`, following no symlink."""
+    for entry in os.scandir(root):
+        if entry.name == ".git":
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, onerror=_unlock_and_retry)
+        else:
+            os.unlink(entry.path)
+
+
+def _unlock_and_retry(remove: Callable[[str], object], path: str, _: object) -> None:
+    """rmtree's error handler: a folder without write permission cannot lose its entries."""
+    os.chmod(os.path.dirname(path), 0o700)
+    remove(path)
 
 
 @dataclass(frozen=True)
@@ -312,29 +352,40 @@ class Workspace:
             return sorted({p for d in diff.deltas for p in (d.old_file.path, d.new_file.path)})
 
     def snapshot(self) -> Snapshot:
-        """The branch's commit and the working tree's content (ignored files left out), to
-        `restore` later. Stages everything, as `commit_all` would."""
+        """The branch's commit, the working tree's content (ignored files left out) and the
+        repository settings that judge it, to `restore` later. Stages everything, as
+        `commit_all` would; the tree is kept under a ref of its own, so that no `git gc`
+        in the workspace can prune it."""
         with _repository(self.path, "saving the working tree") as repo:
             index = repo.index
             index.add_all()
             index.write()
-            return Snapshot(head=str(repo.head.target), tree=str(index.write_tree()))
+            tree = index.write_tree()
+            head = repo.head.target
+            signature = pygit2.Signature("prefect-fleet", "fleet@localhost")
+            saved = repo.create_commit(None, signature, signature, "snapshot", tree, [head])
+            repo.references.create(SNAPSHOT_REF, saved, force=True)
+            settings = {name: _read_bytes(self.path / ".git" / name) for name in _SETTINGS}
+            return Snapshot(head=str(head), tree=str(tree), settings=settings)
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Put the branch, the index and the working tree back as they were at `snapshot`:
-        whatever was written, deleted or committed since is gone, and HEAD is on the
-        issue's branch again. Ignored files stay (build outputs, caches): they are never
-        committed."""
+        """Put the branch, the index, the working tree and the repository's settings back as
+        they were at `snapshot`: whatever was written, deleted or committed since is gone
+        and HEAD is on the issue's branch again. Every file is written anew from the tree,
+        after all that is there is deleted (symlinks unfollowed, nested repositories and
+        ignored files too: a retry rebuilds what it needs)."""
+        for name, content in snapshot.settings.items():
+            _replace_file(self.path / ".git" / name, content)
         with _repository(self.path, "restoring the working tree") as repo:
+            tree = repo[snapshot.tree].peel(pygit2.Tree)
+            _empty_worktree(self.path)
             branch = f"refs/heads/{self.branch}"
             repo.references.create(branch, snapshot.head, force=True)
             repo.set_head(branch)
-            tree = repo[snapshot.tree].peel(pygit2.Tree)
-            # Twice: the first puts back the tracked files, .gitignore among them, so the
-            # second judges what is untracked (and removes it) by the restored rules.
-            repo.checkout_tree(tree, strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
-            strategy = CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED
-            repo.checkout_tree(tree, strategy=strategy)  # type: ignore[no-untyped-call]
+            repo.index.read_tree(tree)
+            repo.index.write()
+            strategy = CheckoutStrategy.FORCE | CheckoutStrategy.RECREATE_MISSING
+            repo.checkout_index(strategy=strategy)  # type: ignore[no-untyped-call]
 
     def commit_all(self, message: str, author_name: str, author_email: str) -> str | None:
         """Stage everything (`git add --all`) and commit as author and committer; the new
