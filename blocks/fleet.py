@@ -23,7 +23,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from flows._prefect import api_url_for_messages
 from flows.config import ConfigError, format_loc
 from flows.fleet.config import BLOCK_NAME_PATTERN, FleetConfig, LabelNames, RepoName
-from flows.fleet.cost import Price, UnknownModelError, price_for
+from flows.fleet.cost import Price, priced_model
 
 DEFAULT_GITHUB_API = "https://api.github.com"
 HTTP_URL_PATTERN = r"^https?://\S+$"
@@ -57,14 +57,14 @@ class FleetGitHub(Block):
 
 class FleetAgent(Block):
     """The Claude model the fleet's agents use, their budgets and the Anthropic API key;
-    `prices` price a model without a built-in price (they override the fleet config's)."""
+    `prices` price a model without a built-in price, or override one (and the config's)."""
 
     _block_type_name = "Fleet Agent"
     _block_type_slug = "fleet-agent"
     _description = (
         "The Claude model of the agent fleet, its per-issue budgets and the Anthropic API key "
         "(secret); base_url points the client at a proxy or gateway; prices give the USD per "
-        "million tokens of a model without a built-in price."
+        "million tokens of a model without a built-in price, or override one."
     )
     _code_example = (
         '```python\nfrom blocks import FleetAgent\n\nagent = FleetAgent.load("BLOCK_NAME")\n```'
@@ -73,7 +73,8 @@ class FleetAgent(Block):
     prices: dict[str, Price] = Field(
         default_factory=dict,
         description="USD per million tokens by model name ({input, output, cache_write, "
-        "cache_read}) for a model without a built-in price; override the fleet config's.",
+        "cache_read}): a model without a built-in price, or a price of your own for one "
+        "(over the built-in table and the fleet config's).",
     )  # before model: its validator reads them
     model: str = Field(default="claude-sonnet-4-5", description="Anthropic model name.")
     max_tokens: int = Field(default=8192, gt=0, description="Output tokens per model call.")
@@ -89,14 +90,7 @@ class FleetAgent(Block):
     @field_validator("model")
     @classmethod
     def _priced_model(cls, model: str, info: ValidationInfo) -> str:
-        """A model the cost meter can price: built in, or in this block's `prices`."""
-        if "prices" not in info.data:  # `prices` is invalid, and that error is reported
-            return model
-        try:
-            price_for(model, info.data["prices"])
-        except UnknownModelError as exc:
-            raise ValueError(str(exc)) from None
-        return model
+        return priced_model(model, info)  # built in, or in this block's `prices`
 
 
 BLOCK_TYPES: tuple[type[Block], ...] = (FleetGitHub, FleetAgent)

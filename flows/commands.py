@@ -167,10 +167,11 @@ def _file_size_limiter(limit: int) -> Callable[[], None]:
     """What the child runs between fork and exec to cap the size of the files it writes.
 
     It must happen before exec: set from the parent once the child runs, the limit can
-    come after the child has already started what writes. The callable is a C function
-    with its arguments bound, so the child runs no Python code that could take a lock
-    another thread of this process held at the fork. It never asks for more than the
-    hard limit this process has, which would fail.
+    come after the child has already started what writes. Between fork and exec the child
+    runs CPython's after-fork hooks (which reset the locks they own) and this C function
+    with its arguments bound: no code of ours that could wait on a lock another thread
+    held at the fork. It never asks for more than the hard limit this process has, which
+    would fail.
     """
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     if hard != resource.RLIM_INFINITY:

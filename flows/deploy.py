@@ -306,7 +306,7 @@ def check_pool_ready() -> None:
         deployment = read_deployment(client, RESOLVE_DEPLOYMENT)
         pool_name = deployment.work_pool_name
         if pool_name is None:
-            return  # served with `python -m deployments.serve`: the serving process runs it
+            return  # a served deployment (no pool): the process serving it runs it
         try:
             client.read_work_pool(pool_name)
         except ObjectNotFound:

@@ -149,7 +149,7 @@ def test_agent_block_with_prices_takes_a_new_model() -> None:
     )
     assert loaded.prices == {"my-model": PRICE}
     negative = {"my-model": {**as_typed, "input": -1}}
-    with pytest.raises(ValueError, match=r"prices\.my-model\.input\n.*greater than or equal"):
+    with pytest.raises(ValueError, match=r"prices\.my-model\.input\n.*greater than 0"):
         FleetAgent.model_validate({"api_key": API_KEY, "model": "my-model", "prices": negative})
 
 

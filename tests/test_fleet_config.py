@@ -62,7 +62,12 @@ def test_yaml_section_env_fallback_and_overrides(
         ("fleet:\n  labels: {priority_prefix: ''}\n", "labels.priority_prefix", "at least 1"),
         ("fleet:\n  model: my-model\n", "model", "no price for model 'my-model'"),
         ("fleet:\n  prices: {my-model: {input: -1, output: 1, cache_write: 1, cache_read: 1}}\n",
-         "prices.my-model.input", "greater than or equal to 0"),
+         "prices.my-model.input", "greater than 0"),
+        # a free model would switch the per-issue budget off
+        ("fleet:\n  prices: {claude-sonnet-4-5: {input: 3, output: 0, cache_write: 0, "
+         "cache_read: 0}}\n", "prices.claude-sonnet-4-5.output", "greater than 0"),
+        ("fleet:\n  prices: {my-model: {input: 1, output: 1, cache_write: -1, cache_read: 0}}\n",
+         "prices.my-model.cache_write", "greater than or equal to 0"),
         ("fleet:\n  prices: {my-model: {input: abc, output: 1, cache_write: 1, cache_read: 1}}\n",
          "prices.my-model.input", "valid number"),
         ("fleet:\n  prices: {my-model: {input: 1, output: .inf, cache_write: 1, cache_read: 1}}\n",

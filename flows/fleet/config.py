@@ -28,7 +28,7 @@ from flows.config import (
     read_yaml,
 )
 from flows.fleet import models
-from flows.fleet.cost import Price, price_for
+from flows.fleet.cost import Price, priced_model
 from flows.notify import Notifications
 
 DAY_S = 86_400.0
@@ -144,10 +144,7 @@ class FleetConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _priced_model(cls, model: str, info: ValidationInfo) -> str:
-        """A model the cost meter can price: built in, or in `prices`."""
-        if "prices" in info.data:  # else `prices` is invalid, and that error is reported
-            price_for(model, info.data["prices"])  # UnknownModelError is a ValueError
-        return model
+        return priced_model(model, info)  # built in, or in `prices`
 
 
 def uses_testbed(settings: FleetConfig) -> bool:

@@ -15,14 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, with_config
+from pydantic import ConfigDict, Field, ValidationInfo, with_config
 
 from flows.fleet.models import Usage
 
 PER_TOKEN = 1 / 1_000_000
 _DATE_SUFFIX = re.compile(r"-\d{8}$")  # "claude-sonnet-4-5-20250929" -> "claude-sonnet-4-5"
-# A price as the config and blocks take it: a number (not text or a boolean), finite, >= 0.
+# A price as the config and blocks take it: a number (not text or a boolean), finite, >= 0;
+# input and output > 0, or the per-issue budget could never stop an agent.
 Usd = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+PositiveUsd = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 
 
 # strict=False: a strict parent (FleetConfig) would take only a Price instance, not the
@@ -32,8 +34,8 @@ Usd = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 class Price:
     """USD per million tokens."""
 
-    input: Usd
-    output: Usd
+    input: PositiveUsd
+    output: PositiveUsd
     cache_write: Usd  # 5-minute cache writes (1.25x input)
     cache_read: Usd  # cache hits and refreshes (0.1x input)
 
@@ -80,6 +82,15 @@ def price_for(model: str, prices: Mapping[str, Price] | None = None) -> Price:
         f"prices: {{{model!r}: {{input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3}}}}"
         f"; known models: {', '.join(sorted(table))}"
     )
+
+
+def priced_model(model: str, info: ValidationInfo) -> str:
+    """The body of a pydantic validator of a `model` field declared after a `prices` one:
+    the model must have a price, built in or in those prices (UnknownModelError, a
+    ValueError). When `prices` itself was invalid, that error is the one reported."""
+    if "prices" in info.data:
+        price_for(model, info.data["prices"])
+    return model
 
 
 def cost_usd(model: str, usage: Usage, prices: Mapping[str, Price] | None = None) -> float:

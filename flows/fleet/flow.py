@@ -218,7 +218,7 @@ def read_deployment(client: SyncPrefectClient, name: str) -> DeploymentResponse:
     except ObjectNotFound:
         raise ConfigError(
             "Prefect server", "deployment", f"{name!r} not found: deploy it first "
-            "(`prefect --no-prompt deploy --all`, or `python -m deployments.serve`)",
+            "(`prefect --no-prompt deploy --all`)",
         ) from None  # fmt: skip
 
 
