@@ -30,6 +30,13 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def no_anthropic_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The anthropic SDK reads these from the environment: tests give their own."""
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
 def gh() -> Iterator[FakeGitHub]:
     """A loopback GitHub serving acme/widgets, which has the fleet's labels."""
     with FakeGitHub(token=GITHUB_TOKEN, owner="acme", repo="widgets") as fake:

@@ -32,11 +32,7 @@ MODEL = "claude-sonnet-4-6"  # $3 in, $15 out, $3.75 cache write, $0.30 cache re
 SECRET_KEY = "sk-ant-api03-SECRETSECRETSECRET"
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+pytestmark = pytest.mark.usefixtures("no_anthropic_env")
 
 
 @pytest.fixture

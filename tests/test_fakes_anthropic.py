@@ -34,11 +34,7 @@ HELLO: list[Any] = [{"role": "user", "content": "Fix issue #1"}]
 Connect = Callable[..., anthropic.Anthropic]
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+pytestmark = pytest.mark.usefixtures("no_anthropic_env")
 
 
 @pytest.fixture
