@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,8 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     home = tmp_path_factory.mktemp("cluster-home")
     with (
-        postgres_database("prefect_parallel_agents_test") as database_url,
+        # a name of its own: another run of these tests on this PostgreSQL drops its database
+        postgres_database(f"ppa_test_{os.getpid()}_{uuid.uuid4().hex[:8]}") as database_url,
         local_server(home=home, startup_timeout=180, database_url=database_url) as url,
     ):
         env = {

@@ -193,7 +193,9 @@ def test_resolve_before_start_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("settings", "issues", "expected"),
     [
-        ({"workers": 50}, 1000, min(os.cpu_count() or 1, 50)),
+        ({"workers": 50}, 1000, 8),  # one per core (8 here)
+        ({"workers": 9}, 1000, 8),
+        ({"workers": 10, "processes": 12}, 1000, 10),  # given: only capped by the workers
         ({"workers": 50}, 99, 0),  # too few issues to pay for the children's start
         ({"workers": 7}, 1000, 0),  # few workers: little contention for the leader's GIL
         ({"workers": 50, "processes": 0}, 1000, 0),
@@ -202,5 +204,8 @@ def test_resolve_before_start_is_an_error(tmp_path: Path) -> None:
         ({"workers": 4, "processes": 3}, 2, 2),  # nor than issues
     ],
 )
-def test_process_count(settings: dict[str, int], issues: int, expected: int) -> None:
+def test_process_count(
+    settings: dict[str, int], issues: int, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flows.fleet.flow.os.cpu_count", lambda: 8)
     assert process_count(FleetConfig(**settings), issues) == expected  # type: ignore[arg-type]
