@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,10 @@ from flows.fleet.flow import _in_an_issue_process, process_count
 from flows.fleet.processes import (
     IssueProcessError,
     IssueProcesses,
+    NoIssueProcessError,
     ProcessSpec,
 )
+from flows.fleet.tracker import LocalTracker
 from flows.fleet.worker import IssueUnit
 from flows.fleet.workspace import Mirror
 from tests.conftest import REPO
@@ -162,7 +165,8 @@ def test_a_child_that_cannot_build_its_clients_fails_its_issues_clearly(tmp_path
     broken = unbuildable(spec)
     with IssueProcesses(broken, Beats()) as processes:
         processes.start(1)
-        with pytest.raises(IssueProcessError, match=r"could not start: ConfigError.*no-such-model"):
+        # not taken: NoIssueProcessError, so that it may run elsewhere
+        with pytest.raises(NoIssueProcessError, match=r"could not start: ConfigError.*no-such"):
             processes.resolve(units[0], "w1")
         with pytest.raises(IssueProcessError, match="no issue process takes issues"):
             processes.resolve(units[0], "w1")
@@ -182,6 +186,42 @@ def test_issues_run_in_the_leader_when_no_child_takes_them(
         result = _in_an_issue_process(processes, ctx, None, units[0], "worker-01")
     assert result.status == "succeeded" and result.worker == "worker-01"
     assert f"{units[0].name} runs in the leader: no issue process takes issues" in caplog.text
+
+
+def test_issues_sent_before_a_child_says_it_cannot_start_run_in_the_leader(
+    tmp_path: Path,
+) -> None:
+    """The first wave goes out while the children are still starting: a child that then
+    fails to build its clients never took those issues, and they must not fail."""
+    spec, units = seeded_testbed(tmp_path, 2, agent_seconds=0)
+    connection = open_connection(spec.settings, None, seed=False)
+    ctx = fleet_context(connection, spec.report_dir, spec.claimant, Beats())
+    with IssueProcesses(unbuildable(spec), Beats()) as processes, ThreadPoolExecutor(2) as pool:
+        processes.start(1)
+        slots = ["worker-01", "worker-02"]
+        results = list(pool.map(partial(_in_an_issue_process, processes, ctx, None), units, slots))
+    assert [r.status for r in results] == ["succeeded", "succeeded"]
+
+
+def test_an_issue_whose_child_dies_is_labelled_failed_not_left_in_progress(
+    tmp_path: Path,
+) -> None:
+    spec, units = seeded_testbed(tmp_path, 1, agent_seconds=30)
+    connection = open_connection(spec.settings, None, seed=False)
+    ctx = fleet_context(connection, spec.report_dir, spec.claimant, Beats())
+    beats = Beats()
+    with IssueProcesses(spec, beats) as processes, ThreadPoolExecutor(1) as pool:
+        processes.start(1)
+        doomed = pool.submit(_in_an_issue_process, processes, ctx, None, units[0], "worker-01")
+        beats.wait_for(f"{units[0].name}: agent")
+        os.kill(processes.pids[0], signal.SIGKILL)
+        with pytest.raises(IssueProcessError, match=r"exited with code -9"):
+            doomed.result(timeout=30)
+    tracker = connection.tracker
+    assert isinstance(tracker, LocalTracker)
+    labels = tracker.labels_of(units[0].issue.number)
+    assert "ai-failed" in labels and "in-progress" not in labels
+    assert "exited with code -9" in tracker.comments(units[0].issue.number)[-1]
 
 
 def test_resolve_before_start_is_an_error(tmp_path: Path) -> None:

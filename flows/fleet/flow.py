@@ -45,12 +45,18 @@ from flows.fleet.dispatch import (
 )
 from flows.fleet.merge import MergeResult, merge_approved
 from flows.fleet.models import Issue, IssueResult
-from flows.fleet.processes import IssueProcesses, NoIssueProcessError, ProcessSpec
+from flows.fleet.processes import (
+    IssueProcessError,
+    IssueProcesses,
+    NoIssueProcessError,
+    ProcessSpec,
+)
 from flows.fleet.tracker import requeue_interrupted_claims
 from flows.fleet.worker import (
     FleetContext,
     IssueUnit,
     crashed_issue,
+    fail_abandoned_issue,
     resolve_issue,
     skipped_issue,
 )
@@ -270,12 +276,16 @@ def _in_an_issue_process(
     processes: IssueProcesses, ctx: FleetContext, worker: str | None, unit: IssueUnit, slot: str
 ) -> IssueResult:
     """The issue in an issue process; in this one when none takes issues any more (they
-    could not start, e.g. a brief GitHub error, or died): the run goes on, slower."""
+    could not start, e.g. a brief GitHub error, or died): the run goes on, slower. An
+    issue whose process died while it held it is labelled failed, not left in progress."""
     try:
         return processes.resolve(unit, worker or slot)
     except NoIssueProcessError as exc:
         log.warning("%s runs in the leader: %s", unit.name, exc)
         return resolve_issue(unit, worker or slot, ctx)
+    except IssueProcessError as exc:
+        fail_abandoned_issue(ctx, unit.issue, worker or slot, str(exc))
+        raise
 
 
 def process_count(settings: FleetConfig, issues: int) -> int:

@@ -236,16 +236,16 @@ class _Child:
         elif kind == "error":
             job, message = rest
             self._jobs.pop(job).set_exception(IssueProcessError(message))
-        elif kind == "broken":
-            self._fail_all(f"issue process could not start: {rest[0]}")
+        elif kind == "broken":  # it took none of its issues: they may run elsewhere
+            self._fail_all(f"issue process could not start: {rest[0]}", NoIssueProcessError)
 
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self, reason: str, error: type[IssueProcessError] = IssueProcessError) -> None:
         with self._lock:
             if self.refusal in (None, CLOSED):
                 self.refusal = reason
             jobs, self._jobs = self._jobs, {}
         for future in jobs.values():
-            future.set_exception(IssueProcessError(reason))
+            future.set_exception(error(reason))
 
 
 # --- the child ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ inspection unless configured otherwise.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -30,6 +31,8 @@ from flows.pipeline.matrix import build_matrix
 from flows.pipeline.setup import cache_env, cache_in_use, plan_setup, run_setup
 from flows.pipeline.worker import WorkerContext, run_task
 from flows.report import Status
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,20 @@ def _fail(run: _IssueRun, reason: str) -> None:
         run.ctx.tracker.finish(run.issue, False, message)
     except TrackerError as exc:
         run.log(f"could not label the issue as failed: {exc}")
+
+
+def fail_abandoned_issue(ctx: FleetContext, issue: Issue, worker: str, reason: str) -> None:
+    """Label an issue failed, with a comment saying why, if it is still in progress under
+    `worker`'s claim: its worker died without finishing it (its issue process was killed).
+    Never raises: a tracker error is logged."""
+    tracker = ctx.tracker
+    try:
+        current = tracker.get(issue.number)
+        ours = tracker.last_claim(issue.number) == f"{ctx.claimant}/{worker}"
+        if ours and tracker.labels.in_progress in current.labels:
+            tracker.finish(current, False, f"The agent could not resolve this issue:\n\n{reason}")
+    except TrackerError as exc:
+        logger.warning("could not label %s as failed: %s", issue.name, exc)
 
 
 def _result(run: _IssueRun, unit: IssueUnit, worker: str, started: datetime) -> IssueResult:
