@@ -106,7 +106,7 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
                 results = [plan.skipped(unit, "setup failed") for unit in plan.units]
                 timings: list[TierTiming] = []
                 for result in results:
-                    for observer in observers:
+                    for observer in [progress, *observers]:
                         observer.unit_finished(result)
             else:
                 results, timings = _run_tiers(plan, [progress, *observers])

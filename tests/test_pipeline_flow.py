@@ -169,6 +169,15 @@ def test_failed_setup_runs_nothing_and_is_retried_next_time(tmp_path: Path) -> N
     assert report.setup.status == "failed" and not report.ok
     assert by_name(report)["a"].status == "skipped"
     assert not marker.exists()
+    with get_client(sync_client=True) as client:  # the skipped units count as done
+        flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[report.flow_run_id]))
+        deadline = time.monotonic() + 60  # artifacts arrive asynchronously
+        progress = None
+        while progress is None and time.monotonic() < deadline:
+            artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=flow_runs)}
+            progress = artifacts.get("pipeline-badsetup-progress")
+            time.sleep(0.2)
+    assert progress is not None and progress.data == 100.0
     flag.touch()
     again = run_pipeline(config, tmp_path)
     assert again.ok and not again.setup.cache_hit and marker.exists()
