@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         apply_log_level(os.environ.get("LOG_LEVEL"))
         return int(args.handler(args))
@@ -140,6 +142,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, as an exception: what the run holds is released on the way out (the local
+    Prefect server stopped, artifacts flushed), which the default action (death) skips."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    # A flow run swaps this handler out for Prefect's while it runs, ends the run on the
+    # signal, then puts this one back and signals again.
+    raise Terminated
 
 
 def apply_log_level(value: str | None) -> None:

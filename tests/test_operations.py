@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,6 +209,33 @@ def test_fleet_run_survives_a_server_restart(tmp_path: Path) -> None:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[report["flow_run_id"]]))
         )
     assert run.state is not None and run.state.is_completed()
+
+
+def test_sigterm_lets_the_leader_finish_cleanly(tmp_path: Path) -> None:
+    """SIGTERM (a service manager, a cancelled CI job): the issues in flight finish, none
+    is left in progress, and the local Prefect server the CLI started is stopped."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "home"))
+    workspace = tmp_path / "ws"
+    fleet = subprocess.Popen(
+        [sys.executable, "-m", "flows.deploy", "fleet", "--mode", "test", "--workers", "2",
+         "--mock-issues", "3", "--agent-seconds", "4", "--workspace", str(workspace)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    issue_logs = workspace / ".fleet" / "report" / "logs"
+    deadline = time.monotonic() + 120
+    while not list(issue_logs.glob("*.log")) and time.monotonic() < deadline:
+        assert fleet.poll() is None, fleet.communicate()[0].decode()[-3000:]
+        time.sleep(0.2)
+    fleet.send_signal(signal.SIGTERM)
+    output = fleet.communicate(timeout=120)[0].decode()
+    assert fleet.returncode == 128 + signal.SIGTERM and "terminated" in output, output[-3000:]
+    ui = re.search(r"http://127\.0\.0\.1:(\d+)", output)
+    assert ui is not None, output
+    with pytest.raises(OSError):  # the server is gone
+        socket.create_connection(("127.0.0.1", int(ui.group(1))), timeout=2).close()
+    tracker = ensure_tracker(workspace, 0, Labels())
+    assert not [i for i in tracker.issues() if "in-progress" in i.labels]
 
 
 def start_server(home: Path, port: str) -> subprocess.Popen[bytes]:
