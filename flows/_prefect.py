@@ -46,7 +46,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import ConfigError
 from flows.logs import quiet_loggers
-from flows.report import UnitResult
+from flows.report import RunFailed, UnitResult
 
 R = TypeVar("R", bound=UnitResult)
 T = TypeVar("T")
@@ -293,7 +293,10 @@ def unit_label(unit: Any) -> str:
 
 
 def state_result(state: State[Any]) -> Any:
+    """What a run returned: a failed leader run's report too (see RunFailed)."""
     value = state.result(raise_on_failure=False)
+    if isinstance(value, RunFailed):
+        return value.report
     if isinstance(value, BaseException):
         raise value
     return value

@@ -28,6 +28,7 @@ from flows import _prefect
 from flows.notify import Notifications, notify
 from flows.report import (
     Report,
+    RunFailed,
     SetupSummary,
     TierTiming,
     UnitResult,
@@ -144,12 +145,10 @@ def report_state(report: Report) -> State[Any]:
     s = report.summary
     message = f"{s.succeeded}/{s.total} succeeded, {s.failed + s.timed_out} failed"
     if report.setup.status == "failed":
-        return Failed(message="setup failed", data=report)
-    return (
-        Completed(message=message, data=report)
-        if report.ok
-        else Failed(message=message, data=report)
-    )
+        message = "setup failed"
+    elif report.ok:
+        return Completed(message=message, data=report)
+    return Failed(message=message, data=RunFailed(message, report))
 
 
 def _notify(report: Report, notifications: Notifications) -> None:

@@ -135,6 +135,19 @@ def _total_cost(results: Sequence[UnitResult]) -> float | None:
     return round(sum(known), 6) if known else None
 
 
+class RunFailed(Exception):
+    """The data of a failed run's state: its report, in an exception. Prefect turns the
+    data of a Failed state into the exception a deployment's run raises, and refuses
+    anything else (a Report: "cannot be resolved into an exception")."""
+
+    def __init__(self, message: str, report: Report) -> None:
+        super().__init__(message, report)  # both in args: it pickles into result storage
+        self.report = report
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def write_report(
     report: Report, report_dir: Path, tier_names: Mapping[int, str] | None = None
 ) -> tuple[Path, Path]:

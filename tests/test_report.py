@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime
 
-from flows.report import Report, SetupSummary, UnitResult, render_markdown, summarize
+from prefect.states import get_state_exception
+
+from flows._prefect import state_result
+from flows.leader import report_state
+from flows.report import (
+    Report,
+    RunFailed,
+    SetupSummary,
+    UnitResult,
+    render_markdown,
+    summarize,
+)
 
 
 def test_a_log_tail_with_a_code_fence_stays_inside_its_block() -> None:
@@ -22,3 +34,19 @@ def test_a_log_tail_with_a_code_fence_stays_inside_its_block() -> None:
     fence = block.splitlines()[0]
     assert fence == "`````"
     assert block.split(fence + "\n", 1)[1].split("\n" + fence)[0] == tail
+
+
+def test_a_failed_runs_state_resolves_into_an_exception_that_carries_its_report() -> None:
+    """A deployment's engine raises the exception of its run's Failed state: the state's
+    data must resolve into one (a Report did not), and still give the report back."""
+    failed = UnitResult(name="t", priority=1, status="failed", worker="w1")
+    now = datetime.now(UTC)
+    report = Report(kind="fleet", name="x", flow_run_id=None, started_at=now, ended_at=now,
+                    wall_s=1.0, summary=summarize([failed], [], 1.0),
+                    setup=SetupSummary(cache_hit=False, duration_s=0.0, status="none"),
+                    tiers=[], tasks=[failed])  # fmt: skip
+    state = report_state(report)
+    error = get_state_exception(state)
+    assert isinstance(error, RunFailed) and str(error) == "0/1 succeeded, 1 failed"
+    assert pickle.loads(pickle.dumps(error)).report == report  # into result storage and back
+    assert state_result(state) == report

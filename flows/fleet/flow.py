@@ -30,6 +30,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 
+from flows._prefect import state_result
 from flows.config import ConfigError
 from flows.fleet.config import FleetConfig, load_fleet_config, uses_testbed
 from flows.fleet.connection import Connection, fleet_context, open_connection
@@ -206,7 +207,7 @@ def issue_result_of(run: FlowRun, unit: IssueUnit) -> IssueResult:
     state = run.state
     if state is not None and (state.is_completed() or state.is_failed()):
         try:
-            report = state.result(raise_on_failure=False)
+            report = state_result(state)
         except Exception as exc:  # a lost result fails only this issue
             return crashed_issue(unit, "?", RuntimeError(f"run {run.name}: no result ({exc})"))
         if isinstance(report, Report) and report.tasks:
