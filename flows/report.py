@@ -187,7 +187,12 @@ def render_markdown(report: Report, tier_names: Mapping[int, str] | None = None)
     """The report as markdown, one table per priority. `tier_names` names the priorities
     when the run did not keep them apart (the fleet runs all of them as one queue)."""
     s = report.summary
-    verdict = "✅ all tasks succeeded" if report.ok else "❌ some tasks failed"
+    if not report.ok:
+        verdict = "❌ some tasks failed"
+    elif s.skipped:
+        verdict = f"✅ no task failed ({s.skipped} skipped)"
+    else:
+        verdict = "✅ all tasks succeeded"
     lines = [
         f"# {report.kind.capitalize()} report: {report.name}",
         "",

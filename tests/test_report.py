@@ -50,3 +50,13 @@ def test_a_failed_runs_state_resolves_into_an_exception_that_carries_its_report(
     assert isinstance(error, RunFailed) and str(error) == "0/1 succeeded, 1 failed"
     assert pickle.loads(pickle.dumps(error)).report == report  # into result storage and back
     assert state_result(state) == report
+
+
+def test_a_run_with_skipped_tasks_is_not_headlined_as_all_succeeded() -> None:
+    skipped = UnitResult(name="audit", priority=2, status="skipped", log_tail="offline")
+    now = datetime.now(UTC)
+    report = Report(kind="pipeline", name="x", flow_run_id=None, started_at=now, ended_at=now,
+                    wall_s=1.0, summary=summarize([skipped], [], 1.0),
+                    setup=SetupSummary(cache_hit=False, duration_s=0.0, status="none"),
+                    tiers=[], tasks=[skipped])  # fmt: skip
+    assert report.ok and "**✅ no task failed (1 skipped)**" in render_markdown(report)
