@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ from flows.pipeline.flow import pipeline
 from flows.pipeline.matrix import TaskSpec
 from flows.pipeline.worker import WorkerContext, collect_artifacts, run_task
 from flows.report import Report, UnitResult
-from tests.conftest import run_cli, wait_until_gone, write_config
+from tests.conftest import REPO, run_cli, wait_until_gone, write_config
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -346,3 +348,15 @@ def test_a_report_dir_parameter_that_cannot_be_a_folder_is_named_as_such(
     assert state.is_failed()
     with pytest.raises(ConfigError, match=r"^flow parameters: report_dir: '/dev/null' is not a"):
         state.result()
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`--dry-run | head`: the pipe closes before the matrix is printed."""
+    config = write_config(tmp_path, 'name: p\ntasks: [{name: a, priority: 1, run: "true"}]\n')
+    command = [sys.executable, "-m", "flows.deploy", "pipeline", "--config", str(config),
+               "--dry-run"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # long before the CLI has imported what it needs to print
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in errors, errors
