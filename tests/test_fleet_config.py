@@ -87,7 +87,8 @@ def test_bad_settings_name_file_and_field(
     path = write_config(tmp_path, text)
     with pytest.raises(ConfigError) as error:
         load_fleet_config(path, {})
-    assert str(error.value).startswith(f"{path}: {field}: ")
+    named = field if field == "fleet" else f"fleet.{field}"  # as the file has it
+    assert str(error.value).startswith(f"{path}: {named}: ")
     assert problem in str(error.value)
 
 
@@ -96,7 +97,7 @@ def test_the_file_is_validated_before_the_command_line_overrides_it(tmp_path: Pa
     path = write_config(tmp_path, "fleet:\n  workers: 0\n")
     with pytest.raises(ConfigError) as error:
         load_fleet_config(path, {"workers": 1})
-    assert str(error.value).startswith(f"{path}: workers: ")
+    assert str(error.value).startswith(f"{path}: fleet.workers: ")
 
 
 def test_a_bad_override_is_blamed_on_its_option(tmp_path: Path) -> None:
@@ -139,7 +140,7 @@ def test_a_model_without_a_price_says_where_to_give_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_fleet_config(path, {})
     message = str(error.value)
-    assert message.startswith(f"{path}: model: no price for model 'claude-sonnet-9': ")
+    assert message.startswith(f"{path}: fleet.model: no price for model 'claude-sonnet-9': ")
     assert "under `prices` in the fleet config" in message
     assert "prices: {'claude-sonnet-9': {input: " in message  # an example of the entry
     with pytest.raises(ConfigError) as error:
@@ -165,7 +166,7 @@ def test_a_mock_issues_file_is_found_from_where_it_was_given(
     with pytest.raises(ConfigError, match=r"command line: --mock-issues-file: no such file: "):
         load_fleet_config(config, {"mock_issues_file": "issues.yml"})
     config.write_text("fleet:\n  mock_issues_file: ../cli.yml/x\n")
-    with pytest.raises(ConfigError, match=r"fleet.yml: mock_issues_file: no such file: "):
+    with pytest.raises(ConfigError, match=r"fleet.yml: fleet.mock_issues_file: no such file: "):
         load_fleet_config(config, {})
 
 

@@ -167,8 +167,8 @@ def load_fleet_config(
         if not isinstance(section, dict):
             raise ConfigError(path, "fleet", "expected a mapping under a top-level 'fleet:' key")
         data.update(section)
-        _validate(data, path)
-        _anchor(data, "mock_issues_file", path.parent, path, "mock_issues_file")
+        _validate(data, path, {key: f"fleet.{key}" for key in data})  # as the file has it
+        _anchor(data, "mock_issues_file", path.parent, path, "fleet.mock_issues_file")
     if "workspace" not in data and os.environ.get("WORKSPACE_DIR"):
         data["workspace"] = os.environ["WORKSPACE_DIR"]
         _validate(data, "environment", {"workspace": "WORKSPACE_DIR"})
