@@ -195,10 +195,11 @@ def test_bad_notifications_name_the_field(
         tmp_path, f"name: x\ntasks: [{GOOD_TASK}]\nnotifications: {notifications}\n"
     )
     fleet = write_config(tmp_path, f"fleet:\n  notifications: {notifications}\n", "fleet.yml")
-    for path, load in ((pipeline, load_config), (fleet, lambda p: load_fleet_config(p, {}))):
+    cases = ((pipeline, load_config, ""), (fleet, lambda p: load_fleet_config(p, {}), "fleet."))
+    for path, load, section in cases:
         with pytest.raises(ConfigError) as error:
             load(path)
-        assert str(error.value).startswith(f"{path}: {field}: ")
+        assert str(error.value).startswith(f"{path}: {section}{field}: ")
         assert problem in str(error.value)
         assert TOKEN not in str(error.value)
 
