@@ -314,11 +314,16 @@ def _title(issue: Issue) -> str:
 def _fail(run: _IssueRun, reason: str) -> None:
     run.outcome.status = "failed"
     run.log(f"failed: {reason}")
-    message = f"The agent could not resolve this issue:\n\n{reason}"
+    message = failure_comment(reason)
     try:
         run.ctx.tracker.finish(run.issue, False, message)
     except TrackerError as exc:
         run.log(f"could not label the issue as failed: {exc}")
+
+
+def failure_comment(reason: str) -> str:
+    """What a failed issue is told."""
+    return f"The agent could not resolve this issue:\n\n{reason}"
 
 
 def fail_abandoned_issue(ctx: FleetContext, issue: Issue, worker: str, reason: str) -> None:
@@ -330,7 +335,7 @@ def fail_abandoned_issue(ctx: FleetContext, issue: Issue, worker: str, reason: s
         current = tracker.get(issue.number)
         ours = tracker.last_claim(issue.number) == f"{ctx.claimant}/{worker}"
         if ours and tracker.labels.in_progress in current.labels:
-            tracker.finish(current, False, f"The agent could not resolve this issue:\n\n{reason}")
+            tracker.finish(current, False, failure_comment(reason))
     except TrackerError as exc:
         logger.warning("could not label %s as failed: %s", issue.name, exc)
 
