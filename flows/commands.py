@@ -7,6 +7,10 @@ timer thread enforces the timeout: SIGTERM to the group, then SIGKILL after a gr
 period. Stragglers left in the group after the main child exits are killed too, so
 nothing a task started outlives it, short of a process that leaves the group on purpose
 (`setsid`, a daemon's double fork): containing those takes a container or a cgroup.
+
+A `RunStop` ends the commands of a whole run the same way when the run is interrupted
+(SIGTERM, Ctrl-C): the children live in sessions of their own, so no signal sent to the
+leader reaches them by itself.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class CommandOutcome:
     ended_at: datetime
     peak_rss_mb: float | None  # None when not sampled
     error: str | None = None  # why the command could not start
+    interrupted: bool = False  # stopped by its run's RunStop
 
     @property
     def duration_s(self) -> float:
@@ -48,7 +53,44 @@ class CommandOutcome:
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
+        return self.exit_code == 0 and not self.timed_out and not self.interrupted
+
+
+class RunStop:
+    """Stops the commands of one run at once, e.g. when the run is interrupted: those
+    running are killed as on a timeout (SIGTERM to the group, SIGKILL after the grace
+    period), none starts after, and `wait` (between retries) returns early."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[_Watchdog] = set()
+        self._stopped = threading.Event()
+        self.reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            self._stopped.set()
+            running = list(self._running)
+        for watchdog in running:
+            watchdog.interrupt()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the run is stopped meanwhile."""
+        self._stopped.wait(seconds)
+
+    def _track(self, watchdog: _Watchdog) -> None:
+        with self._lock:
+            if self.reason is None:
+                self._running.add(watchdog)
+                return
+        watchdog.interrupt()  # stopped while the command was starting
+
+    def _untrack(self, watchdog: _Watchdog) -> None:
+        with self._lock:
+            self._running.discard(watchdog)
 
 
 # Words the shell passes on unchanged (no quotes, expansions, globs, redirections or
@@ -104,6 +146,7 @@ def run_command(
     kill_grace: float = KILL_GRACE_SECONDS,
     rss: RssSampler | None = None,
     max_file_bytes: int | None = None,
+    stop: RunStop | None = None,
 ) -> CommandOutcome:
     """Run `command` in `cwd`, appending its stdout and stderr to `log_path`.
 
@@ -111,7 +154,13 @@ def run_command(
     `max_file_bytes` caps the size of any file the command writes, its log included
     (RLIMIT_FSIZE, inherited by what it starts): past it, the write fails and the writer
     gets SIGXFSZ, instead of a runaway output filling the disk until the timeout.
+    With a `stop`, the command is not started once its run is stopped, and is killed
+    when the run is stopped while it runs. An exception that interrupts the wait (a
+    signal handler's, in the main thread) kills the group too before it propagates.
     """
+    if stop is not None and stop.reason is not None:
+        now = _now()
+        return CommandOutcome(None, False, now, now, None, f"not started: {stop.reason}", True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = to_argv(command, env.get("PATH", os.defpath))
     direct = isinstance(command, str) and argv != shell_argv(command)
@@ -140,10 +189,19 @@ def run_command(
     if rss is not None:
         rss.watch(process.pid)
     watchdog = _Watchdog(process.pid, timeout, kill_grace)
+    if stop is not None:
+        stop._track(watchdog)
     try:
-        _, status = os.waitpid(process.pid, 0)
+        try:
+            _, status = os.waitpid(process.pid, 0)
+        except BaseException:  # nothing it started may outlive the run that gives up on it
+            watchdog.interrupt()
+            os.waitpid(process.pid, 0)  # within the grace period: SIGKILL follows
+            raise
     finally:
         watchdog.child_exited()
+        if stop is not None:
+            stop._untrack(watchdog)
     peak_rss_mb = rss.release(process.pid) if rss is not None else None
     ended_at = _now()
     exit_code = os.waitstatus_to_exitcode(status)
@@ -151,16 +209,22 @@ def run_command(
     if direct and exit_code < 0:
         exit_code = 128 - exit_code  # as `sh -c` reports a command killed by a signal
     _kill_group(process.pid, signal.SIGKILL)  # stragglers
-    if watchdog.fired:
+    if watchdog.fired or watchdog.interrupted:
+        why = f"timed out after {timeout:g}s" if watchdog.fired else f"stopped: {_reason(stop)}"
         with log_path.open("ab") as log:
-            log.write(f"\n[timed out after {timeout:g}s: process group killed]\n".encode())
+            log.write(f"\n[{why}: process group killed]\n".encode())
     return CommandOutcome(
         exit_code=exit_code,
         timed_out=watchdog.fired,
         started_at=started_at,
         ended_at=ended_at,
         peak_rss_mb=peak_rss_mb,
+        interrupted=watchdog.interrupted,
     )
+
+
+def _reason(stop: RunStop | None) -> str:
+    return (stop.reason if stop is not None else None) or "interrupted"
 
 
 def _file_size_limiter(limit: int) -> Callable[[], None]:
@@ -196,29 +260,52 @@ def read_tail(path: Path, max_bytes: int = TAIL_BYTES, max_lines: int = TAIL_LIN
 
 
 class _Watchdog:
-    """Kills the child's process group if it outlives its timeout."""
+    """Kills the child's process group if it outlives its timeout, or when interrupted:
+    SIGTERM, then SIGKILL if it still runs after the grace period. Kills it once."""
 
     def __init__(self, pid: int, timeout: float, grace: float) -> None:
         self._pid = pid
         self._grace = grace
         self._exited = threading.Event()
-        self.fired = False
+        self._lock = threading.Lock()
+        self.fired = False  # timed out
+        self.interrupted = False
         # A longer wait raises OverflowError in the timer thread: the timeout would be lost.
-        self._timer = threading.Timer(min(timeout, threading.TIMEOUT_MAX), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer = _daemon_timer(min(timeout, threading.TIMEOUT_MAX), self._expire)
 
     def _expire(self) -> None:
-        if self._exited.is_set():
-            return
-        self.fired = True
+        if self._terminate(timed_out=True) and not self._exited.wait(self._grace):
+            _kill_group(self._pid, signal.SIGKILL)
+
+    def interrupt(self) -> None:
+        """Kill the group now (without waiting here for the grace period)."""
+        if self._terminate(timed_out=False):
+            _daemon_timer(self._grace, self._kill_if_running)
+
+    def _terminate(self, timed_out: bool) -> bool:
+        """SIGTERM the group, unless it has exited or is being killed already."""
+        with self._lock:
+            if self._exited.is_set() or self.fired or self.interrupted:
+                return False
+            self.fired, self.interrupted = timed_out, not timed_out
         _kill_group(self._pid, signal.SIGTERM)
-        if not self._exited.wait(self._grace):
+        return True
+
+    def _kill_if_running(self) -> None:
+        if not self._exited.is_set():
             _kill_group(self._pid, signal.SIGKILL)
 
     def child_exited(self) -> None:
-        self._exited.set()
+        with self._lock:
+            self._exited.set()
         self._timer.cancel()
+
+
+def _daemon_timer(seconds: float, function: Callable[[], None]) -> threading.Timer:
+    timer = threading.Timer(seconds, function)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:

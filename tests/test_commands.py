@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.commands import read_tail, run_command, to_argv
+from flows.commands import RunStop, read_tail, run_command, to_argv
 from flows.rss import RssSampler
 from tests.conftest import wait_until_gone
 
@@ -126,6 +127,73 @@ def test_stragglers_are_killed_when_the_command_exits(tmp_path: Path) -> None:
     outcome = run_command(f"sleep 300 & echo $! > {pid_file}", cwd=tmp_path, env=os.environ,
                           timeout=10, log_path=tmp_path / "log")  # fmt: skip
     assert outcome.ok
+    assert wait_until_gone(int(pid_file.read_text()))
+
+
+def wait_for_file(path: Path, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.02)
+    return path.read_text()
+
+
+def test_a_stopped_run_kills_its_running_commands(tmp_path: Path) -> None:
+    """The run is interrupted: every command it runs is killed with its whole group at
+    once (not at its timeout), and says why in its log."""
+    stop = RunStop()
+    outcomes = []
+
+    def run(name: str) -> None:
+        command = f"sleep 300 & echo $! > {name}.pid; wait"
+        outcomes.append(run_command(command, cwd=tmp_path, env=os.environ, timeout=600,
+                                    log_path=tmp_path / f"{name}.log", stop=stop))  # fmt: skip
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    grandchildren = [int(wait_for_file(tmp_path / f"{name}.pid")) for name in ("a", "b")]
+    started = time.monotonic()
+    stop.stop("interrupted (SIGTERM)")
+    for thread in threads:
+        thread.join(timeout=10)
+    assert time.monotonic() - started < 5
+    assert len(outcomes) == 2
+    assert all(o.interrupted and not o.timed_out and not o.ok for o in outcomes)
+    assert all(wait_until_gone(pid) for pid in grandchildren)
+    assert "[stopped: interrupted (SIGTERM): process group killed]" in read_tail(tmp_path / "a.log")
+
+
+def test_a_stopped_run_starts_no_command(tmp_path: Path) -> None:
+    stop = RunStop()
+    stop.stop("interrupted (SIGINT)")
+    started = time.monotonic()
+    outcome = run_command("touch ran", cwd=tmp_path, env=os.environ, timeout=5,
+                          log_path=tmp_path / "log", stop=stop)  # fmt: skip
+    stop.wait(30)  # returns at once: the run is stopped
+    assert time.monotonic() - started < 5
+    assert outcome.interrupted and outcome.exit_code is None and not outcome.ok
+    assert outcome.error == "not started: interrupted (SIGINT)"
+    assert not (tmp_path / "ran").exists()
+
+
+def test_an_interrupted_wait_kills_the_command_before_raising(tmp_path: Path) -> None:
+    """Ctrl-C reaches the leader, not the command (it runs in a session of its own): the
+    runner kills the command's group on the way out, or it would live on, orphaned."""
+    pid_file = tmp_path / "grandchild.pid"
+    command = f"sleep 300 & echo $! > {pid_file}; wait"
+
+    def interrupt_once_started() -> None:
+        wait_for_file(pid_file)
+        time.sleep(0.2)  # the runner waits for the command by now
+        os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_once_started)
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_command(command, cwd=tmp_path, env=os.environ, timeout=600,
+                    log_path=tmp_path / "log", kill_grace=2)  # fmt: skip
+    interrupter.join()
     assert wait_until_gone(int(pid_file.read_text()))
 
 
