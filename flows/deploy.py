@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -184,21 +185,24 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         return EXIT_OK
     print(flush=True)
-    with leader_run(f"pipeline {matrix.name}", args.verbose) as started_server:
-        state = pipeline(
-            config_path=str(config_path),
-            report_dir=str(plan.report_dir),
-            max_parallel=args.max_parallel,
-            return_state=True,
-        )
-        report = finished_report(state, started_server)
+    started = time.time()
+    try:
+        with leader_run(f"pipeline {matrix.name}", args.verbose) as started_server:
+            state = pipeline(
+                config_path=str(config_path),
+                report_dir=str(plan.report_dir),
+                max_parallel=args.max_parallel,
+                return_state=True,
+            )
+            report = finished_report(state, started_server)
+    except (KeyboardInterrupt, Terminated):
+        print_report_written(plan.report_dir, since=started)
+        raise
     print_summary(report, plan.report_dir, temporary_ui=started_server)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def run_fleet_command(args: argparse.Namespace) -> int:
-    import time
-
     from flows.fleet.config import load_fleet_config
     from flows.fleet.flow import connect, default_report_dir, fleet
 
@@ -232,25 +236,38 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     config_path = str(resolve_config_path(args.config)) if args.config else None
     deadline = time.monotonic() + args.monitor_duration
     reports: list[tuple[Report, Path]] = []
-    with leader_run(f"fleet {settings.repo or 'test'}", args.verbose) as started_server:
-        while True:
-            report_dir = (
-                report_root / f"poll-{len(reports) + 1}" if args.monitor_duration else report_root
-            )
-            state = fleet(config_path=config_path, overrides=overrides,
-                          report_dir=str(report_dir), return_state=True)  # fmt: skip
-            report = finished_report(state, started_server)
-            reports.append((report, report_dir))
-            if time.monotonic() >= deadline:
-                break
-            if not report.tasks:
-                time.sleep(
-                    min(settings.poll_interval_seconds, max(0.0, deadline - time.monotonic()))
-                )
+    report_dir, poll_started, started_server = report_root, time.time(), False
+    try:
+        with leader_run(f"fleet {settings.repo or 'test'}", args.verbose) as started_server:
+            while True:
+                report_dir = (
+                    report_root / f"poll-{len(reports) + 1}" if args.monitor_duration
+                    else report_root
+                )  # fmt: skip
+                poll_started = time.time()
+                state = fleet(config_path=config_path, overrides=overrides,
+                              report_dir=str(report_dir), return_state=True)  # fmt: skip
+                report = finished_report(state, started_server)
+                reports.append((report, report_dir))
+                if time.monotonic() >= deadline:
+                    break
+                if not report.tasks:
+                    time.sleep(
+                        min(settings.poll_interval_seconds, max(0.0, deadline - time.monotonic()))
+                    )
+    except (KeyboardInterrupt, Terminated):
+        print_summaries(reports, started_server)  # the polls that ended before
+        print_report_written(report_dir, since=poll_started)
+        raise
+    print_summaries(reports, started_server)
+    return EXIT_OK if all(report.ok for report, _ in reports) else EXIT_FAILED
+
+
+def print_summaries(reports: list[tuple[Report, Path]], temporary_ui: bool) -> None:
+    """The summary of each poll that had issues (of the only poll, even without)."""
     for report, report_dir in reports:
         if report.tasks or len(reports) == 1:
-            print_summary(report, report_dir, temporary_ui=started_server)
-    return EXIT_OK if all(report.ok for report, _ in reports) else EXIT_FAILED
+            print_summary(report, report_dir, temporary_ui=temporary_ui)
 
 
 def run_init_command(args: argparse.Namespace) -> int:
@@ -417,6 +434,14 @@ def print_summary(report: Report, report_dir: Path, temporary_ui: bool) -> None:
             "   history is kept in the Prefect database: run `prefect server start` and open "
             "http://127.0.0.1:4200 to browse it"
         )
+
+
+def print_report_written(report_dir: Path, since: float) -> None:
+    """Where an interrupted run left its report, if it got to write one."""
+    report = report_dir / "report.json"
+    with contextlib.suppress(OSError):
+        if report.stat().st_mtime >= since:
+            print(f"report of what ran: {report_dir / 'report.md'} and report.json", flush=True)
 
 
 def _indent(text: str, lines: int = 15) -> str:

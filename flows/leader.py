@@ -37,7 +37,7 @@ from flows.report import (
     task_row,
     write_report,
 )
-from flows.scheduler import Observer, R, Scheduler, Tier, U, WorkUnit
+from flows.scheduler import Observer, R, Scheduler, Tier, U, WorkUnit, interrupt_reason
 
 
 @dataclass
@@ -59,6 +59,9 @@ class LeaderPlan(Generic[U, R]):
     notifications: Notifications | None = None  # told how the run ended
     # what the run holds from setup to its last unit (e.g. its setup cache, against pruning)
     holding: Callable[[], AbstractContextManager[Any]] = nullcontext
+    # stops the running units at once when the run is interrupted (given the reason), e.g.
+    # kills their commands; by default they finish
+    stop_units: Callable[[str], None] = field(default=lambda reason: None)
 
     @property
     def units(self) -> list[U]:
@@ -90,7 +93,10 @@ def heartbeat(worker: str, activity: str, cost_usd: float = 0.0) -> None:
 
 
 def lead(plan: LeaderPlan[U, R]) -> Report:
-    """Run a plan inside the current flow run and return its report."""
+    """Run a plan inside the current flow run and return its report.
+
+    Interrupted while its units run (Ctrl-C, SIGTERM), it stops them (`stop_units`),
+    skips those not started, writes and publishes the report, then raises the interrupt."""
     observers = _observers.get()
     flow_run = FlowRunContext.get()
     flow_run_id = flow_run.flow_run.id if flow_run and flow_run.flow_run else None
@@ -100,6 +106,7 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
     progress = _Progress(plan, publisher)
     for observer in observers:
         observer.run_started(str(flow_run_id) if flow_run_id else None)
+    interruption: BaseException | None = None
     try:
         with plan.holding():
             setup = _run_setup(plan.setup)
@@ -110,7 +117,7 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
                     for observer in [progress, *observers]:
                         observer.unit_finished(result)
             else:
-                results, timings = _run_tiers(plan, [progress, *observers])
+                results, timings, interruption = _run_tiers(plan, [progress, *observers])
         ended_at = datetime.now(UTC)
         wall_s = time.perf_counter() - clock
         report = Report(
@@ -124,6 +131,7 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
             setup=setup,
             tiers=timings,
             tasks=results,
+            interrupted=interrupt_reason(interruption) if interruption else None,
         )
         tier_names = {tier.priority: tier.name for tier in plan.tiers}
         write_report(report, plan.report_dir, tier_names)
@@ -135,6 +143,8 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
         )
         if plan.notifications is not None:
             _notify(report, plan.notifications)
+        if interruption is not None:
+            raise interruption
         return report
     finally:
         _prefect.release_publisher(publisher)
@@ -181,7 +191,8 @@ def _run_setup(setup: Callable[[], SetupSummary] | None) -> SetupSummary:
 
 def _run_tiers(
     plan: LeaderPlan[U, R], observers: Sequence[Observer]
-) -> tuple[list[R], list[TierTiming]]:
+) -> tuple[list[R], list[TierTiming], BaseException | None]:
+    """The units' results and timings, and the interrupt that stopped them, if one did."""
     units = plan.units
     index = {id(unit): position for position, unit in enumerate(units)}
     with _prefect.UnitTask(plan.work, units, f"{plan.kind}-worker", plan.max_parallel) as tasks:
@@ -193,8 +204,14 @@ def _run_tiers(
             fail_fast=plan.fail_fast,
             observers=observers,
             barriers=plan.tier_barriers,
+            on_interrupt=plan.stop_units,
         )
-        return scheduler.run(plan.tiers)
+        try:
+            results, timings = scheduler.run(plan.tiers)
+        except BaseException as exc:  # the units' threads are waited for on the way out
+            plan.stop_units(interrupt_reason(exc))
+            raise
+        return results, timings, scheduler.interruption
 
 
 def _publish_tables(

@@ -93,10 +93,15 @@ class Report(BaseModel):
     setup: SetupSummary
     tiers: list[TierTiming]
     tasks: Sequence[UnitResult]
+    interrupted: str | None = None  # e.g. "interrupted (SIGTERM)": the run was cut short
 
     @property
     def ok(self) -> bool:
-        return self.setup.status != "failed" and not any(t.failed for t in self.tasks)
+        return (
+            self.setup.status != "failed"
+            and self.interrupted is None
+            and not any(t.failed for t in self.tasks)
+        )
 
 
 def summarize(results: Sequence[UnitResult], tiers: Sequence[TierTiming], wall_s: float) -> Summary:
@@ -187,7 +192,9 @@ def render_markdown(report: Report, tier_names: Mapping[int, str] | None = None)
     """The report as markdown, one table per priority. `tier_names` names the priorities
     when the run did not keep them apart (the fleet runs all of them as one queue)."""
     s = report.summary
-    if not report.ok:
+    if report.interrupted:
+        verdict = f"⛔ {report.interrupted}: the run was stopped"
+    elif not report.ok:
         verdict = "❌ some tasks failed"
     elif s.skipped:
         verdict = f"✅ no task failed ({s.skipped} skipped)"

@@ -11,10 +11,16 @@ A unit's slot is free the moment its work is done: `report(result)`, called by t
 worker as soon as it has its result, starts the next unit on that slot while the
 bookkeeping of the finished one (its task run's final state) goes on beside it. Units
 whose worker never reports are finished by their future.
+
+An interrupt (Ctrl-C, or a signal handler's exception) while the scheduler waits starts
+no unit more: the running ones are told to stop (`on_interrupt`) and waited for, the
+rest are skipped, and `run` returns every result with the interrupt in `interruption`,
+for the caller to report and then raise. A second interrupt is raised at once.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import deque
@@ -106,6 +112,9 @@ class Scheduler(Generic[U, R]):
     fail_fast: bool = False
     observers: Sequence[Observer] = ()
     barriers: bool = True
+    on_interrupt: Callable[[str], None] = field(default=lambda reason: None)
+    # set by `run` when it was interrupted: what to raise once the results are reported
+    interruption: BaseException | None = field(default=None, init=False)
 
     def run(self, tiers: Sequence[Tier[U]]) -> tuple[list[R], list[TierTiming]]:
         """Run the tiers in priority order.
@@ -139,7 +148,16 @@ class Scheduler(Generic[U, R]):
     def _run_tier(self, tier: Tier[U], slots: int, halt: _Halt) -> list[R]:
         run = _TierRun(self, tier, halt)
         run.release(*worker_names(slots))
-        return run.wait()
+        while True:
+            try:
+                return run.wait()
+            except BaseException as exc:
+                if isinstance(exc, Exception) or self.interruption is not None:
+                    raise  # a broken callback, or a second interrupt
+                self.interruption = exc
+                reason = interrupt_reason(exc)
+                halt.stop_now(reason)
+                self.on_interrupt(reason)
 
     def _outcome(self, future: Future[R], unit: U, worker: str) -> R:
         try:
@@ -161,6 +179,14 @@ class Scheduler(Generic[U, R]):
         for observer in self.observers:
             observer.unit_finished(result)
         return result
+
+
+def interrupt_reason(exc: BaseException) -> str:
+    """`interrupted (SIGTERM)`: what stopped the run, for the report."""
+    number = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else getattr(exc, "signal", None)
+    if isinstance(number, int) and number in signal.valid_signals():
+        return f"interrupted ({signal.Signals(number).name})"
+    return f"interrupted ({exc.__class__.__name__})"
 
 
 class _TierRun(Generic[U, R]):

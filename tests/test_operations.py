@@ -236,6 +236,12 @@ def test_sigterm_lets_the_leader_finish_cleanly(tmp_path: Path) -> None:
         socket.create_connection(("127.0.0.1", int(ui.group(1))), timeout=2).close()
     tracker = ensure_tracker(workspace, 0, Labels())
     assert not [i for i in tracker.issues() if "in-progress" in i.labels]
+    report = json.loads((workspace / ".fleet" / "report" / "report.json").read_text())
+    assert report["interrupted"] == "interrupted (SIGTERM)"
+    statuses = sorted(task["status"] for task in report["tasks"])
+    assert statuses == ["skipped", "succeeded", "succeeded"], report["tasks"]
+    (skipped,) = [t for t in report["tasks"] if t["status"] == "skipped"]
+    assert "ready-for-dev" in tracker.get(skipped["issue"]).labels  # left for the next run
 
 
 def start_server(home: Path, port: str) -> subprocess.Popen[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -337,6 +338,60 @@ def test_cli_exit_codes_and_dry_run(tmp_path: Path, cli_env: dict[str, str]) -> 
     )
     assert failed.returncode == 1
     assert "❌ p1 a" in failed.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupted_run_kills_its_commands_and_still_reports(
+    tmp_path: Path, cli_env: dict[str, str], signum: signal.Signals
+) -> None:
+    """SIGTERM (a cancelled CI job, `docker stop`) or Ctrl-C: the running commands are
+    killed with their process groups, nothing more starts (no retry either), the report
+    says so, and the CLI exits 128 + the signal's number."""
+    marker = tmp_path / "later-ran"
+    config = write_config(
+        tmp_path,
+        f"""
+        name: interrupted
+        tasks:
+          - {{name: long-a, priority: 1, run: "sleep 300 & echo $! > a.pid; wait"}}
+          - {{name: long-b, priority: 1, run: "sleep 300 & echo $! > b.pid; wait"}}
+          - {{name: flaky, priority: 1, run: "exit 1", retries: 3, retry_delay: 60}}
+          - {{name: later, priority: 2, run: "touch {marker}"}}
+        """,
+    )
+    report_dir = tmp_path / "report"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "flows.deploy", "pipeline", "--config", str(config),
+         "--report-dir", str(report_dir)],
+        cwd=REPO, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    pid_files = [tmp_path / "a.pid", tmp_path / "b.pid"]
+    deadline = time.monotonic() + 120
+    while not all(f.is_file() and f.read_text().strip() for f in pid_files):
+        assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()[0][-3000:]
+        time.sleep(0.1)
+    cli.send_signal(signum)
+    signalled = time.monotonic()
+    output = cli.communicate(timeout=120)[0]
+    assert cli.returncode == 128 + signum, output[-3000:]
+    assert time.monotonic() - signalled < 30  # not the 300 s the commands had left
+    assert f"report of what ran: {report_dir / 'report.md'}" in output
+    assert all(wait_until_gone(int(f.read_text())) for f in pid_files)
+    assert not marker.exists()
+    reason = f"interrupted ({signum.name})"
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["interrupted"] == reason
+    tasks = {t["name"]: t for t in report["tasks"]}
+    for name in ("long-a", "long-b"):
+        assert tasks[name]["status"] == "failed"
+        assert f"[stopped: {reason}: process group killed]" in tasks[name]["log_tail"]
+    flaky, later = tasks["flaky"], tasks["later"]
+    assert flaky["attempts"] == 1 and f"not retried: {reason}" in flaky["log_tail"]
+    assert (later["status"], later["log_tail"]) == ("skipped", f"skipped: {reason}")
+    assert f"⛔ {reason}" in (report_dir / "report.md").read_text()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(report["flow_run_id"])
+    assert run.state is not None and run.state.is_crashed(), run.state
 
 
 def test_a_report_dir_parameter_that_cannot_be_a_folder_is_named_as_such(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -243,3 +245,55 @@ def test_a_broken_observer_fails_the_run_instead_of_hanging_it(broken_hook: str)
         )
         with pytest.raises(RuntimeError, match="observer bug"):
             scheduler.run(build_tiers(units))
+
+
+def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller() -> None:
+    """Ctrl-C while the scheduler waits: the running units are told to stop and their
+    results kept, no unit starts after, and the interrupt is handed back, not lost."""
+    stopped = threading.Event()
+    reasons: list[str] = []
+    started: list[str] = []
+
+    def stoppable(unit: Unit, worker: str) -> UnitResult:
+        started.append(unit.name)
+        begun = datetime.now(UTC)
+        halted = stopped.wait(30)
+        return UnitResult(
+            name=unit.name, priority=unit.priority, status="failed" if halted else "succeeded",
+            attempts=1, started_at=begun, ended_at=datetime.now(UTC), worker=worker,
+        )  # fmt: skip
+
+    def on_interrupt(reason: str) -> None:
+        reasons.append(reason)
+        stopped.set()
+
+    units = [Unit(f"a{i}", 1) for i in range(4)] + [Unit("b0", 2)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+            submit=lambda unit, worker, report: pool.submit(stoppable, unit, worker),
+            skipped=lambda u, reason: UnitResult(name=u.name, priority=u.priority,
+                                                 status="skipped", log_tail=reason),
+            crashed=lambda u, w, exc: UnitResult(name=u.name, priority=u.priority,
+                                                 status="failed", worker=w, log_tail=str(exc)),
+            max_parallel=2,
+            on_interrupt=on_interrupt,
+        )  # fmt: skip
+
+        def interrupt_once_two_run() -> None:
+            while len(started) < 2:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt_once_two_run)
+        interrupter.start()
+        began = time.monotonic()
+        results, _ = scheduler.run(build_tiers(units))
+        interrupter.join()
+    assert time.monotonic() - began < 10
+    assert isinstance(scheduler.interruption, KeyboardInterrupt)
+    assert reasons == ["interrupted (SIGINT)"]
+    assert sorted(started) == ["a0", "a1"]
+    statuses = {r.name: (r.status, r.log_tail) for r in results}
+    assert statuses["a0"][0] == statuses["a1"][0] == "failed"  # stopped, result kept
+    for name in ("a2", "a3", "b0"):
+        assert statuses[name] == ("skipped", "interrupted (SIGINT)")

@@ -61,6 +61,7 @@ def pipeline_plan(
         describe=lambda spec: spec.command_text,
         notifications=config.notifications,
         holding=lambda: cache_in_use(setup),
+        stop_units=ctx.stop.stop,
     )
     return matrix, plan
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows.commands import CommandOutcome, read_tail, run_command
+from flows.commands import CommandOutcome, RunStop, read_tail, run_command
 from flows.config import MAX_RETRY_DELAY_SECONDS
 from flows.pipeline.matrix import TaskSpec
 from flows.report import ArtifactFile, Status, UnitResult
@@ -23,15 +22,20 @@ class WorkerContext:
     env: Mapping[str, str]
     report_dir: Path
     rss: RssSampler | None = None
-    sleep: Callable[[float], None] = field(default=time.sleep)
+    stop: RunStop = field(default_factory=RunStop)  # stops the run's commands
+    sleep: Callable[[float], None] | None = None  # between retries; default: `stop.wait`
 
     @property
     def log_dir(self) -> Path:
         return self.report_dir / "logs"
 
+    def pause(self, seconds: float) -> None:
+        (self.sleep or self.stop.wait)(seconds)
+
 
 def run_task(spec: TaskSpec, worker: str, ctx: WorkerContext) -> UnitResult:
-    """Run `spec` up to 1 + retries times, waiting retry_delay (doubling) in between."""
+    """Run `spec` up to 1 + retries times, waiting retry_delay (doubling) in between; no
+    retry once the run is stopped."""
     log_path = ctx.log_dir / f"{spec.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text("")
@@ -52,14 +56,20 @@ def run_task(spec: TaskSpec, worker: str, ctx: WorkerContext) -> UnitResult:
             timeout=spec.timeout,
             log_path=log_path,
             rss=ctx.rss,
+            stop=ctx.stop,
         )
         outcomes.append(outcome)
         status = _status(spec, outcome)
-        if status != "failed" and status != "timed_out":
+        if outcome.interrupted and outcome.error:  # the run was stopped before it started
+            _log(log_path, f"── {outcome.error}")
+        if (status != "failed" and status != "timed_out") or outcome.interrupted:
             break
         if attempt < attempts:
             _log(log_path, f"── {status.replace('_', ' ')}; retrying in {delay:g}s")
-            ctx.sleep(delay)
+            ctx.pause(delay)
+            if ctx.stop.reason is not None:
+                _log(log_path, f"── not retried: {ctx.stop.reason}")
+                break
             delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)  # unbounded doubling overflows sleep()
     artifacts: list[ArtifactFile] = []
     if status == "succeeded" and spec.artifacts:
@@ -143,6 +153,8 @@ def crashed_result(spec: TaskSpec, worker: str, error: BaseException) -> UnitRes
 
 
 def _status(spec: TaskSpec, outcome: CommandOutcome) -> Status:
+    if outcome.interrupted:
+        return "failed"
     if outcome.timed_out:
         return "timed_out"
     if outcome.exit_code == 0:
