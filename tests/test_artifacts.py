@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
@@ -106,6 +105,19 @@ def test_close_says_so_when_the_api_does_not_answer_in_time(
     assert str(flow_run_id) in warning and "did not answer within 0.2 s" in warning, warning
 
 
+class WatchedEvent(threading.Event):
+    """An Event that tells when someone starts waiting on it while it is clear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self.is_set():
+            self.held.set()
+        return super().wait(timeout)
+
+
 def test_deferred_calls_wait_for_close() -> None:
     """In a leader session the last calls of a run go after its flow run has ended."""
     unblock = threading.Event()
@@ -113,10 +125,12 @@ def test_deferred_calls_wait_for_close() -> None:
     publisher = ArtifactPublisher(uuid4(), client)  # type: ignore[arg-type]
     publisher.table("pipeline-demo-tier-1", [{"task": "lint"}], "tier 1")
     assert client.called.wait(10)  # in flight
+    sending = publisher._sending = WatchedEvent()  # read again before the next call
+    sending.set()
     publisher.markdown("pipeline-demo-report", "# Report", "pipeline report: demo")
     publisher.defer()
     unblock.set()
-    time.sleep(0.3)
+    assert sending.held.wait(10)  # the report's call is held back, not sent
     assert [a.key for a in client.created] == ["pipeline-demo-tier-1"]
     publisher.close(timeout=10)
     assert [a.key for a in client.created] == ["pipeline-demo-tier-1", "pipeline-demo-report"]
