@@ -47,7 +47,6 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "local-process"  # the pool prefect.yaml deploys to (benchmarks.common.POOL)
 POLLER = "issue-poller/issue-poller"
-RESULTS = ROOT / "benchmarks" / "results"
 WORKERS = (1, 2, 4)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -639,11 +638,14 @@ def limits_paragraph(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import RESULTS, add_output_options, write_results
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--issues", type=int, default=40)
     parser.add_argument("--workers", type=int, nargs="+", default=list(WORKERS))
     parser.add_argument("--agent-seconds", type=float, default=1.0)
-    parser.add_argument("--quick", action="store_true", help="8 issues, 1 and 2 workers")
+    add_output_options(parser, "8 issues, 1 and 2 workers")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite distributed.md from distributed.json")  # fmt: skip
     args = parser.parse_args()
@@ -662,7 +664,6 @@ def main() -> int:
         home.mkdir()
         os.environ["PREFECT_HOME"] = str(home)
         os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-        sys.path.insert(0, str(ROOT))
         import prefect
 
         from benchmarks.common import postgres_database, prepare_server
@@ -697,10 +698,7 @@ def main() -> int:
         "duration_s": round(time.monotonic() - began, 1),
         "rounds": rounds,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "distributed.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "distributed.md").write_text(render(results))
-    print(render(results))
+    write_results(args, "distributed", results, render(results))
     return 0
 
 

@@ -17,7 +17,6 @@ Writes benchmarks/results/fleet.json and fleet.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 WORKERS = (1, 2, 3, 5, 10)
 TARGETS = {1: 0.95, 2: 1.9, 3: 2.4, 5: 4.5, 10: 8.0}
 ORIGINAL = {1: 0.97, 2: 1.90, 3: 2.38, 5: 4.43}
@@ -205,10 +203,13 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import add_output_options, write_results
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large-issues", type=int, default=1000)
     parser.add_argument("--large-workers", type=int, default=50)
-    parser.add_argument("--quick", action="store_true", help="200 large issues")
+    add_output_options(parser, "200 large issues")
     args = parser.parse_args()
     if args.quick:
         args.large_issues = 200
@@ -216,7 +217,6 @@ def main() -> int:
         directory = Path(tmp)
         os.environ["PREFECT_HOME"] = str(directory / "prefect-home")
         os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-        sys.path.insert(0, str(ROOT))
         import prefect
 
         from benchmarks.common import server_database, wake_penalty_ms
@@ -238,10 +238,7 @@ def main() -> int:
             results["large_threads"] = large_run(
                 directory, args.large_issues, args.large_workers, 0
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fleet.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "fleet.md").write_text(render(results))
-    print(render(results))
+    write_results(args, "fleet", results, render(results))
     return 0
 
 

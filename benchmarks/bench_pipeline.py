@@ -17,7 +17,6 @@ benchmarks/results/pipeline.json and pipeline.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 WORKERS = (1, 2, 3, 5, 10)
 TARGETS = {1: 0.98, 2: 1.96, 3: 2.45, 5: 4.7, 10: 8.5}
 ORIGINAL = {1: 0.97, 2: 1.90, 3: 2.38, 5: 4.43}
@@ -297,11 +295,14 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import add_output_options, write_results
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--large-tasks", type=int, default=1000)
     parser.add_argument("--skip-example", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="1 repeat, 200 large tasks")
+    add_output_options(parser, "1 repeat, 200 large tasks")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.large_tasks = 1, 200
@@ -310,7 +311,6 @@ def main() -> int:
         directory = Path(tmp)
         os.environ["PREFECT_HOME"] = str(directory / "prefect-home")
         os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-        sys.path.insert(0, str(ROOT))
         import prefect
 
         from benchmarks.common import server_database
@@ -331,10 +331,7 @@ def main() -> int:
             if not args.skip_example:
                 print("example pipeline:", flush=True)
                 results["example"] = example_cold_warm(directory)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "pipeline.md").write_text(render(results))
-    print(render(results))
+    write_results(args, "pipeline", results, render(results))
     return 0
 
 

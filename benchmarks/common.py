@@ -4,7 +4,9 @@ CPU of a run went, against what the machine's cores can give)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import resource
 import subprocess
@@ -16,8 +18,31 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"  # what the README quotes
 POOL = "local-process"  # the pool prefect.yaml deploys to
 POLLER = "issue-poller/issue-poller"
+
+
+def add_output_options(parser: argparse.ArgumentParser, quick_help: str) -> None:
+    parser.add_argument("--quick", action="store_true", help=f"a smaller run: {quick_help}")
+    parser.add_argument(
+        "--out", type=Path, help="folder for the results (default: benchmarks/results; a "
+        "--quick run writes only where --out says, never over the full run's results)",
+    )  # fmt: skip
+
+
+def write_results(args: argparse.Namespace, name: str, results: object, markdown: str) -> None:
+    """Print the results and write `<name>.json` and `<name>.md` to `--out` (by default
+    benchmarks/results, unless the run is a --quick one)."""
+    print(markdown)
+    folder: Path | None = args.out or (None if args.quick else RESULTS)
+    if folder is None:
+        print("(a --quick run: nothing written; give --out DIR to keep its results)")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(markdown)
+    print(f"written: {folder / name}.json and .md")
 
 
 @contextlib.contextmanager
