@@ -264,6 +264,20 @@ def test_permanent_and_transient_errors_from_a_scripted_model(toolbox: Toolbox) 
     assert error.value.transient
 
 
+def test_what_a_failed_call_used_counts_against_the_budget(toolbox: Toolbox) -> None:
+    """A reply that broke off (an error after it began) used its input: the meter has it,
+    whether the error ends the run (permanent) or is raised for a retry (transient)."""
+    used = Usage(input_tokens=100_000, output_tokens=1)
+    meter = CostMeter()
+    broke_off = ScriptedModel([AgentError("permanent", "cut", used)])
+    assert not run(broke_off, toolbox, meter).ok
+    cost = meter.total_usd
+    assert meter.usage == used and cost > 0
+    with pytest.raises(AgentError):
+        run(ScriptedModel([AgentError("transient", "overloaded", used)]), toolbox, meter)
+    assert meter.usage == used + used and meter.total_usd == pytest.approx(2 * cost)
+
+
 def test_exhausted_script_raises_a_clear_error(toolbox: Toolbox) -> None:
     model = ScriptedModel([tool_use("list_files", {}, "toolu_1")])
     with pytest.raises(ScriptExhaustedError, match="has 1 turns; call 2 has none"):

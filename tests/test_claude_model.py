@@ -227,3 +227,37 @@ def test_argument_the_sdk_refuses_is_a_permanent_error(
         "the SDK rejected the request or its reply (UnicodeEncodeError: 'utf-8' codec can't encode"
     )
     assert fake.requests == []
+
+
+def test_a_reply_that_breaks_off_reports_what_it_used(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic]
+) -> None:
+    """Its input was processed and counts against the budget: the usage its message_start
+    reported comes with the error (none when the request failed before any reply)."""
+    started = FakeUsage(input_tokens=4000, output_tokens=1, cache_read_input_tokens=9000)
+    fake.add(
+        ErrorTurn(529, "Overloaded", mid_stream=True, usage=started),
+        DisconnectTurn(usage=started),
+        ErrorTurn(529, "Overloaded"),  # an HTTP error: no reply began
+    )
+    model = claude(fake, clients, max_retries=0, timeout=5.0)
+    expected = Usage(input_tokens=4000, output_tokens=1, cache_read_input_tokens=9000)
+
+    assert error_of(model).usage == expected
+    assert error_of(model).usage == expected
+    assert error_of(model).usage is None
+
+
+def test_a_reply_cut_short_counts_what_it_wrote(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic]
+) -> None:
+    """The API reports output tokens at the end only: a reply that stops before counts its
+    text at about 4 characters a token."""
+    text = "x" * 4000
+    # the stream ends before message_delta (the output tokens) and message_stop
+    fake.add(AssistantTurn([{"type": "text", "text": text}], usage=FakeUsage(input_tokens=50),
+                           stream_events=-2))  # fmt: skip
+    error = error_of(claude(fake, clients, timeout=5.0))
+
+    assert error.message == "the reply stream ended before the reply did"
+    assert error.usage == Usage(input_tokens=50, output_tokens=1000)

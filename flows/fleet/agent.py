@@ -59,12 +59,14 @@ class ModelTurn:
 
 
 class AgentError(Exception):
-    """A model call that failed for good (after the SDK's own retries)."""
+    """A model call that failed for good (after the SDK's own retries). `usage`: what it
+    used all the same, when its reply broke off after it had begun."""
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(kind, message)  # both in args, so it pickles across processes
+    def __init__(self, kind: ErrorKind, message: str, usage: Usage | None = None) -> None:
+        super().__init__(kind, message, usage)  # all in args, so it pickles across processes
         self.kind: ErrorKind = kind
         self.message = message
+        self.usage = usage
 
     @property
     def transient(self) -> bool:
@@ -164,6 +166,9 @@ def run_agent(
                 system=system, messages=messages, tools=tools, max_tokens=max_tokens
             )
         except AgentError as exc:
+            if exc.usage is not None:  # a reply that broke off counts all the same
+                progress.usage = progress.usage + exc.usage
+                progress.cost_usd += meter.add(model_name, exc.usage)
             if exc.transient:
                 raise
             return progress.result(False, error=str(exc))

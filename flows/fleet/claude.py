@@ -3,11 +3,15 @@ of the agent loop. Kept apart so that the loop (and test mode) never imports the
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable
 from typing import Any, cast
 
 import anthropic
 import httpx2
+from anthropic.lib.streaming import MessageStream
+from anthropic.types import Message as Reply
 
 from flows.fleet.agent import AgentError, Block, ErrorKind, Message, ModelTurn
 from flows.fleet.models import Usage
@@ -26,6 +30,7 @@ SPEND_LIMIT_CODES = frozenset({"contract_spend_limit_reached", "enforced_spend_l
 TRANSIENT_STREAM_ERROR_TYPES = frozenset(
     {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
 )
+CHARS_PER_TOKEN = 4  # a rough count of the output of a reply cut short
 
 
 class ClaudeModel:
@@ -54,6 +59,7 @@ class ClaudeModel:
     ) -> ModelTurn:
         cache = self.prompt_cache
         secrets = [s for s in (self._client.api_key, self._client.auth_token) if s]
+        stream: MessageStream | None = None
         try:
             with self._client.messages.stream(
                 model=self.model,
@@ -64,30 +70,60 @@ class ClaudeModel:
             ) as stream:
                 reply = stream.get_final_message()  # AssertionError: the stream had no message
         except anthropic.AnthropicError as exc:
-            raise agent_error(exc, secrets) from None
+            raise agent_error(exc, secrets, _usage_so_far(stream)) from None
         except httpx2.TransportError as exc:  # the SDK's retries end once the stream has begun
             message = f"connection lost while streaming the reply ({type(exc).__name__}: {exc})"
-            raise AgentError("transient", _redact(message, secrets)) from None
+            used = _usage_so_far(stream)
+            raise AgentError("transient", _redact(message, secrets), used) from None
         except AssertionError:
             raise AgentError("transient", "the reply stream ended before a message began") from None
         except ValueError as exc:  # e.g. text the SDK cannot encode: the same request fails again
             message = f"the SDK rejected the request or its reply ({type(exc).__name__}: {exc})"
-            raise AgentError("permanent", _redact(message, secrets)) from None
+            used = _usage_so_far(stream)
+            raise AgentError("permanent", _redact(message, secrets), used) from None
         if reply.stop_reason is None:  # the stream ended cleanly, but before message_stop
-            raise AgentError("transient", "the reply stream ended before the reply did")
+            message = "the reply stream ended before the reply did"
+            raise AgentError("transient", message, _usage_of_cut_reply(reply))
         return ModelTurn(
             content=[_block_to_dict(block) for block in reply.content],
             stop_reason=reply.stop_reason,
-            usage=Usage(
-                input_tokens=reply.usage.input_tokens,
-                output_tokens=reply.usage.output_tokens,
-                cache_creation_input_tokens=reply.usage.cache_creation_input_tokens or 0,
-                cache_read_input_tokens=reply.usage.cache_read_input_tokens or 0,
-            ),
+            usage=_usage_of(reply),
         )
 
 
-def agent_error(exc: anthropic.AnthropicError, secrets: Iterable[str] = ()) -> AgentError:
+def _usage_of(reply: Reply) -> Usage:
+    usage = reply.usage
+    return Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
+        cache_read_input_tokens=usage.cache_read_input_tokens or 0,
+    )
+
+
+def _usage_of_cut_reply(reply: Reply) -> Usage:
+    """The usage of a reply cut short, counted against the budget rather than dropped (a
+    budget must not be outrun by failing calls): its input, reported when the reply began,
+    and what it wrote. The API reports the output tokens at the end only, so what was
+    written is counted at about 4 characters a token when that is more."""
+    written = sum(len(b.text) if b.type == "text" else len(json.dumps(getattr(b, "input", "")))
+                  for b in reply.content)  # fmt: skip
+    usage = _usage_of(reply)
+    estimate = math.ceil(written / CHARS_PER_TOKEN)
+    return usage.model_copy(update={"output_tokens": max(usage.output_tokens, estimate)})
+
+
+def _usage_so_far(stream: MessageStream | None) -> Usage | None:
+    """What the reply of a stream that broke off had used; None before it began."""
+    try:
+        return None if stream is None else _usage_of_cut_reply(stream.current_message_snapshot)
+    except AssertionError:  # no message_start yet
+        return None
+
+
+def agent_error(
+    exc: anthropic.AnthropicError, secrets: Iterable[str] = (), usage: Usage | None = None
+) -> AgentError:
     """Map an SDK exception to an AgentError: status, error type and the API's message,
     never the request (headers) and never any of `secrets`."""
     if isinstance(exc, anthropic.APIStatusError):
@@ -100,7 +136,7 @@ def agent_error(exc: anthropic.AnthropicError, secrets: Iterable[str] = ()) -> A
         message = f"{type(exc).__name__}: {exc.message}"
     else:
         message = type(exc).__name__
-    return AgentError(error_kind(exc), _redact(message, secrets))
+    return AgentError(error_kind(exc), _redact(message, secrets), usage)
 
 
 def error_kind(exc: anthropic.AnthropicError) -> ErrorKind:

@@ -86,6 +86,7 @@ class ErrorTurn:
     retry_after_ms: int = 10
     error_code: str | None = None
     mid_stream: bool = False
+    usage: Usage = field(default_factory=lambda: Usage(output_tokens=1))  # at message_start
 
     @property
     def error(self) -> dict[str, Any]:
@@ -111,6 +112,8 @@ class ErrorTurn:
 class DisconnectTurn:
     """The connection closes partway through the response: a stream after its first events
     (past the SDK's retries), a JSON message halfway through."""
+
+    usage: Usage = field(default_factory=lambda: Usage(output_tokens=1))  # at message_start
 
 
 Turn = AssistantTurn | ErrorTurn | DisconnectTurn
@@ -238,7 +241,7 @@ class FakeAnthropic(LoopbackServer):
         if isinstance(turn, ErrorTurn) and not (turn.mid_stream and streaming):
             return turn.to_response(request_id)
         # a failure once the response has begun: the message starts, then breaks off
-        started = _message(message_id, body["model"], [], None, Usage(output_tokens=1))
+        started = _message(message_id, body["model"], [], None, turn.usage)
         if isinstance(turn, ErrorTurn):
             error = {"type": "error", "error": turn.error, "request_id": request_id}
             return _event_stream([*_start_events(started), _sse("error", error)], request_id)
