@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,14 +69,17 @@ class RunStop:
         self.reason: str | None = None
 
     def stop(self, reason: str) -> None:
+        """Stop the run's commands; stopped again (a second Ctrl-C), SIGKILL them now."""
         with self._lock:
-            if self.reason is not None:
-                return
-            self.reason = reason
+            again = self.reason is not None
+            self.reason = self.reason or reason
             self._stopped.set()
             running = list(self._running)
         for watchdog in running:
-            watchdog.interrupt()
+            if again:
+                watchdog.kill_now()
+            else:
+                watchdog.interrupt()
 
     def wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if the run is stopped meanwhile."""
@@ -160,7 +164,9 @@ def run_command(
     """
     if stop is not None and stop.reason is not None:
         now = _now()
-        return CommandOutcome(None, False, now, now, None, f"not started: {stop.reason}", True)
+        return CommandOutcome(exit_code=None, timed_out=False, started_at=now, ended_at=now,
+                              peak_rss_mb=None, error=f"not started: {stop.reason}",
+                              interrupted=True)  # fmt: skip
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = to_argv(command, env.get("PATH", os.defpath))
     direct = isinstance(command, str) and argv != shell_argv(command)
@@ -186,22 +192,22 @@ def run_command(
             message = f"cannot start command: {exc.strerror or exc}"
             log.write(f"{message}\n".encode())
             return CommandOutcome(None, False, started_at, _now(), None, message)
-    if rss is not None:
-        rss.watch(process.pid)
-    watchdog = _Watchdog(process.pid, timeout, kill_grace)
-    if stop is not None:
-        stop._track(watchdog)
+    watchdog: _Watchdog | None = None
     try:
-        try:
-            _, status = os.waitpid(process.pid, 0)
-        except BaseException:  # nothing it started may outlive the run that gives up on it
-            watchdog.interrupt()
-            os.waitpid(process.pid, 0)  # within the grace period: SIGKILL follows
-            raise
-    finally:
-        watchdog.child_exited()
+        if rss is not None:
+            rss.watch(process.pid)
+        watchdog = _Watchdog(process.pid, timeout, kill_grace)
         if stop is not None:
-            stop._untrack(watchdog)
+            stop._track(watchdog)
+        _, status = os.waitpid(process.pid, 0)
+    except BaseException:  # nothing it started may outlive the run that gives up on it
+        _end_group(process.pid, kill_grace)
+        raise
+    finally:
+        if watchdog is not None:
+            watchdog.child_exited()
+            if stop is not None:
+                stop._untrack(watchdog)
     peak_rss_mb = rss.release(process.pid) if rss is not None else None
     ended_at = _now()
     exit_code = os.waitstatus_to_exitcode(status)
@@ -209,7 +215,8 @@ def run_command(
     if direct and exit_code < 0:
         exit_code = 128 - exit_code  # as `sh -c` reports a command killed by a signal
     _kill_group(process.pid, signal.SIGKILL)  # stragglers
-    if watchdog.fired or watchdog.interrupted:
+    interrupted = watchdog.interrupted and exit_code != 0  # not one that had just finished
+    if watchdog.fired or interrupted:
         why = f"timed out after {timeout:g}s" if watchdog.fired else f"stopped: {_reason(stop)}"
         with log_path.open("ab") as log:
             log.write(f"\n[{why}: process group killed]\n".encode())
@@ -219,8 +226,24 @@ def run_command(
         started_at=started_at,
         ended_at=ended_at,
         peak_rss_mb=peak_rss_mb,
-        interrupted=watchdog.interrupted,
+        interrupted=interrupted,
     )
+
+
+def _end_group(pid: int, grace: float) -> None:
+    """SIGTERM the group, give its leader `grace` seconds to exit, then SIGKILL whatever is
+    left of the group (the SIGKILL is sent even if another interrupt cuts the wait short)."""
+    _kill_group(pid, signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + grace
+        while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    except ChildProcessError:  # reaped
+        pass
+    finally:
+        _kill_group(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def _reason(stop: RunStop | None) -> str:
@@ -294,6 +317,11 @@ class _Watchdog:
     def _kill_if_running(self) -> None:
         if not self._exited.is_set():
             _kill_group(self._pid, signal.SIGKILL)
+
+    def kill_now(self) -> None:
+        """SIGKILL the group at once (stopped again while its SIGTERM grace runs)."""
+        self.interrupt()
+        self._kill_if_running()
 
     def child_exited(self) -> None:
         with self._lock:

@@ -236,7 +236,9 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     config_path = str(resolve_config_path(args.config)) if args.config else None
     deadline = time.monotonic() + args.monitor_duration
     reports: list[tuple[Report, Path]] = []
-    report_dir, poll_started, started_server = report_root, time.time(), False
+    report_dir = report_root  # of the poll under way
+    poll_started = time.time()
+    started_server = False
     try:
         with leader_run(f"fleet {settings.repo or 'test'}", args.verbose) as started_server:
             while True:

@@ -95,8 +95,9 @@ def heartbeat(worker: str, activity: str, cost_usd: float = 0.0) -> None:
 def lead(plan: LeaderPlan[U, R]) -> Report:
     """Run a plan inside the current flow run and return its report.
 
-    Interrupted while its units run (Ctrl-C, SIGTERM), it stops them (`stop_units`),
-    skips those not started, writes and publishes the report, then raises the interrupt."""
+    Interrupted (Ctrl-C, SIGTERM) during the setup or the units, it stops what runs
+    (`stop_units`), skips what has not started, writes and publishes the report, then
+    raises the interrupt."""
     observers = _observers.get()
     flow_run = FlowRunContext.get()
     flow_run_id = flow_run.flow_run.id if flow_run and flow_run.flow_run else None
@@ -109,9 +110,21 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
     interruption: BaseException | None = None
     try:
         with plan.holding():
-            setup = _run_setup(plan.setup)
+            try:
+                setup = _run_setup(plan.setup)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    raise
+                interruption = exc
+                setup = SetupSummary(
+                    cache_hit=False,
+                    duration_s=round(time.perf_counter() - clock, 3),
+                    status="failed",
+                    log_tail=f"setup stopped: {interrupt_reason(exc)}",
+                )
             if setup.status == "failed":
-                results = [plan.skipped(unit, "setup failed") for unit in plan.units]
+                why = interrupt_reason(interruption) if interruption else "setup failed"
+                results = [plan.skipped(unit, why) for unit in plan.units]
                 timings: list[TierTiming] = []
                 for result in results:
                     for observer in [progress, *observers]:
@@ -209,7 +222,8 @@ def _run_tiers(
         try:
             results, timings = scheduler.run(plan.tiers)
         except BaseException as exc:  # the units' threads are waited for on the way out
-            plan.stop_units(interrupt_reason(exc))
+            failed = isinstance(exc, Exception)
+            plan.stop_units(f"the run failed ({exc!r})" if failed else interrupt_reason(exc))
             raise
         return results, timings, scheduler.interruption
 

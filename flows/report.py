@@ -4,6 +4,7 @@ three forms (report.json, report.md, and the rows of Prefect table artifacts).""
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -159,9 +160,17 @@ def write_report(
     report_dir.mkdir(parents=True, exist_ok=True)
     json_path = report_dir / "report.json"
     md_path = report_dir / "report.md"
-    json_path.write_text(json.dumps(report_json(report), indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(render_markdown(report, tier_names), encoding="utf-8")
+    _replace_text(json_path, json.dumps(report_json(report), indent=2) + "\n")
+    _replace_text(md_path, render_markdown(report, tier_names))
     return json_path, md_path
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write a new file and rename it over `path`: a reader (or a run stopped halfway)
+    never sees half a report."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
 def report_json(report: Report) -> dict[str, object]:

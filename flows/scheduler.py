@@ -12,14 +12,15 @@ worker as soon as it has its result, starts the next unit on that slot while the
 bookkeeping of the finished one (its task run's final state) goes on beside it. Units
 whose worker never reports are finished by their future.
 
-An interrupt (Ctrl-C, or a signal handler's exception) while the scheduler waits starts
-no unit more: the running ones are told to stop (`on_interrupt`) and waited for, the
-rest are skipped, and `run` returns every result with the interrupt in `interruption`,
-for the caller to report and then raise. A second interrupt is raised at once.
+An interrupt (Ctrl-C, or a signal handler's exception) starts no unit more: the running
+ones are told to stop (`on_interrupt`, again on every further interrupt) and waited for,
+the rest are skipped, and `run` returns every result with the interrupt in
+`interruption`, for the caller to report and then raise.
 """
 
 from __future__ import annotations
 
+import contextvars
 import signal
 import threading
 import time
@@ -122,6 +123,10 @@ class Scheduler(Generic[U, R]):
         With barriers (the pipeline: later tiers depend on earlier ones) a tier starts when
         the previous one has ended. Without (the fleet: issues are independent) priority
         only orders the queue, so a free worker takes the most urgent unit left at once.
+
+        The tiers run on a thread of their own; this one only waits for them, so that an
+        interrupt (raised in the main thread) lands in that wait, never halfway through
+        starting a unit.
         """
         if not self.barriers and len(tiers) > 1:
             merged = Tier(
@@ -129,6 +134,37 @@ class Scheduler(Generic[U, R]):
             )
             tiers = [merged]
         halt = _Halt()
+        outcome: Future[tuple[list[R], list[TierTiming]]] = Future()
+        runner = threading.Thread(  # in this thread's context: a flow run's, say
+            target=contextvars.copy_context().run,
+            args=(self._run_into, tiers, halt, outcome),
+            name="scheduler",
+            daemon=True,
+        )
+        started = False
+        while True:
+            try:
+                if not started:
+                    started = True
+                    runner.start()
+                return outcome.result()
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    raise  # what broke the run (a callback), raised in the runner
+                self._interrupted(exc, halt)
+
+    def _run_into(
+        self,
+        tiers: Sequence[Tier[U]],
+        halt: _Halt,
+        outcome: Future[tuple[list[R], list[TierTiming]]],
+    ) -> None:
+        try:
+            outcome.set_result(self._run_tiers(tiers, halt))
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    def _run_tiers(self, tiers: Sequence[Tier[U]], halt: _Halt) -> tuple[list[R], list[TierTiming]]:
         results: list[R] = []
         timings: list[TierTiming] = []
         for tier in tiers:
@@ -145,19 +181,18 @@ class Scheduler(Generic[U, R]):
             ))  # fmt: skip
         return results, timings
 
+    def _interrupted(self, interrupt: BaseException, halt: _Halt) -> None:
+        """Start no unit more, and tell the running ones to stop (again, on a further
+        interrupt: the pipeline then kills its commands at once)."""
+        self.interruption = self.interruption or interrupt
+        reason = interrupt_reason(interrupt)
+        halt.stop_now(reason)
+        self.on_interrupt(reason)
+
     def _run_tier(self, tier: Tier[U], slots: int, halt: _Halt) -> list[R]:
         run = _TierRun(self, tier, halt)
         run.release(*worker_names(slots))
-        while True:
-            try:
-                return run.wait()
-            except BaseException as exc:
-                if isinstance(exc, Exception) or self.interruption is not None:
-                    raise  # a broken callback, or a second interrupt
-                self.interruption = exc
-                reason = interrupt_reason(exc)
-                halt.stop_now(reason)
-                self.on_interrupt(reason)
+        return run.wait()
 
     def _outcome(self, future: Future[R], unit: U, worker: str) -> R:
         try:

@@ -177,24 +177,68 @@ def test_a_stopped_run_starts_no_command(tmp_path: Path) -> None:
     assert not (tmp_path / "ran").exists()
 
 
-def test_an_interrupted_wait_kills_the_command_before_raising(tmp_path: Path) -> None:
-    """Ctrl-C reaches the leader, not the command (it runs in a session of its own): the
-    runner kills the command's group on the way out, or it would live on, orphaned."""
-    pid_file = tmp_path / "grandchild.pid"
-    command = f"sleep 300 & echo $! > {pid_file}; wait"
+def interrupt_when_started(pid_file: Path, interrupts: int = 1) -> threading.Thread:
+    """A thread that sends this process SIGINT (Ctrl-C) once `pid_file` is written, and
+    again after 0.3 s for each further interrupt."""
 
-    def interrupt_once_started() -> None:
+    def interrupt() -> None:
         wait_for_file(pid_file)
-        time.sleep(0.2)  # the runner waits for the command by now
-        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(interrupts):
+            time.sleep(0.3)  # the runner waits for the command (or its grace) by now
+            os.kill(os.getpid(), signal.SIGINT)
 
-    interrupter = threading.Thread(target=interrupt_once_started)
-    interrupter.start()
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    return thread
+
+
+# a group that ignores SIGTERM: the shell, and the sleep that inherits the ignore
+DEAF_GROUP = "trap '' TERM; sleep 300 & echo $! > {pid_file}; wait"
+# a shell that dies of SIGTERM, leaving a child that ignores it
+DEAF_CHILD = "(trap '' TERM; exec sleep 300) & echo $! > {pid_file}; wait"
+
+
+@pytest.mark.parametrize(
+    ("command", "interrupts", "grace"),
+    [(DEAF_CHILD, 1, 1.0), (DEAF_GROUP, 2, 60.0)],
+    ids=["deaf-child", "deaf-group-twice"],
+)
+def test_an_interrupted_wait_kills_the_command_before_raising(
+    tmp_path: Path, command: str, interrupts: int, grace: float
+) -> None:
+    """Ctrl-C reaches the leader, not the command (it runs in a session of its own): the
+    runner kills the command's whole group on the way out, or it would live on, orphaned:
+    SIGKILL after the grace period for what ignores SIGTERM, at once on a second Ctrl-C."""
+    pid_file = tmp_path / "grandchild.pid"
+    interrupter = interrupt_when_started(pid_file, interrupts)
+    started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        run_command(command, cwd=tmp_path, env=os.environ, timeout=600,
-                    log_path=tmp_path / "log", kill_grace=2)  # fmt: skip
+        run_command(command.format(pid_file=pid_file), cwd=tmp_path, env=os.environ,
+                    timeout=600, log_path=tmp_path / "log", kill_grace=grace)  # fmt: skip
     interrupter.join()
+    assert time.monotonic() - started < 30
     assert wait_until_gone(int(pid_file.read_text()))
+
+
+def test_a_run_stopped_again_kills_at_once(tmp_path: Path) -> None:
+    """A second stop (a second Ctrl-C) does not wait out the SIGTERM grace period."""
+    pid_file = tmp_path / "grandchild.pid"
+    stop = RunStop()
+    outcomes = []
+    runner = threading.Thread(target=lambda: outcomes.append(run_command(
+        DEAF_GROUP.format(pid_file=pid_file), cwd=tmp_path, env=os.environ, timeout=600,
+        log_path=tmp_path / "log", kill_grace=60, stop=stop,
+    )))  # fmt: skip
+    runner.start()
+    grandchild = int(wait_for_file(pid_file))
+    started = time.monotonic()
+    stop.stop("interrupted (SIGINT)")
+    time.sleep(0.3)
+    assert runner.is_alive()  # it ignores SIGTERM: the grace period runs
+    stop.stop("interrupted (SIGINT)")
+    runner.join(timeout=10)
+    assert time.monotonic() - started < 10 and outcomes and outcomes[0].interrupted
+    assert wait_until_gone(grandchild)
 
 
 def test_missing_executable_is_reported_not_raised(tmp_path: Path) -> None:

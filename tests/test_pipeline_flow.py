@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -366,10 +367,9 @@ def test_an_interrupted_run_kills_its_commands_and_still_reports(
         cwd=REPO, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     pid_files = [tmp_path / "a.pid", tmp_path / "b.pid"]
-    deadline = time.monotonic() + 120
-    while not all(f.is_file() and f.read_text().strip() for f in pid_files):
-        assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()[0][-3000:]
-        time.sleep(0.1)
+    wait_for(cli, lambda: all(f.is_file() and f.read_text().strip() for f in pid_files))
+    flaky_log = report_dir / "logs" / "flaky.log"
+    wait_for(cli, lambda: flaky_log.is_file() and "retrying in 60s" in flaky_log.read_text())
     cli.send_signal(signum)
     signalled = time.monotonic()
     output = cli.communicate(timeout=120)[0]
@@ -392,6 +392,49 @@ def test_an_interrupted_run_kills_its_commands_and_still_reports(
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(report["flow_run_id"])
     assert run.state is not None and run.state.is_crashed(), run.state
+
+
+def wait_for(cli: subprocess.Popen[str], condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()[0][-3000:]
+        time.sleep(0.1)
+
+
+def test_an_interrupted_setup_is_killed_and_reported(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """Ctrl-C while the setup installs: its commands die with their group (one that
+    ignores SIGTERM too, after the grace period), no task runs, and the report says why."""
+    config = write_config(
+        tmp_path,
+        f"""
+        name: setup-interrupted
+        setup:
+          run: ["(trap '' TERM; exec sleep 300) & echo $! > {tmp_path}/setup.pid; wait"]
+          cache_key_files: []
+        tasks:
+          - {{name: lint, priority: 1, run: "true"}}
+        """,
+    )
+    report_dir = tmp_path / "report"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "flows.deploy", "pipeline", "--config", str(config),
+         "--report-dir", str(report_dir)],
+        cwd=REPO, env={**cli_env, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    pid_file = tmp_path / "setup.pid"
+    wait_for(cli, lambda: pid_file.is_file() and bool(pid_file.read_text().strip()))
+    cli.send_signal(signal.SIGINT)
+    output = cli.communicate(timeout=120)[0]
+    assert cli.returncode == 130, output[-3000:]
+    assert wait_until_gone(int(pid_file.read_text()))
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["interrupted"] == "interrupted (SIGINT)"
+    assert report["setup"]["status"] == "failed"
+    assert report["setup"]["log_tail"] == "setup stopped: interrupted (SIGINT)"
+    assert [(t["name"], t["status"]) for t in report["tasks"]] == [("lint", "skipped")]
 
 
 def test_a_report_dir_parameter_that_cannot_be_a_folder_is_named_as_such(

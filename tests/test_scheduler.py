@@ -248,8 +248,9 @@ def test_a_broken_observer_fails_the_run_instead_of_hanging_it(broken_hook: str)
 
 
 def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller() -> None:
-    """Ctrl-C while the scheduler waits: the running units are told to stop and their
-    results kept, no unit starts after, and the interrupt is handed back, not lost."""
+    """Ctrl-C while units run: no unit starts after, the running ones are told to stop
+    (again on a second Ctrl-C) and their results kept, and the interrupt is handed back,
+    not lost."""
     stopped = threading.Event()
     reasons: list[str] = []
     started: list[str] = []
@@ -265,7 +266,8 @@ def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller(
 
     def on_interrupt(reason: str) -> None:
         reasons.append(reason)
-        stopped.set()
+        if len(reasons) == 2:  # the units stop only when told twice
+            stopped.set()
 
     units = [Unit(f"a{i}", 1) for i in range(4)] + [Unit("b0", 2)]
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -279,19 +281,22 @@ def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller(
             on_interrupt=on_interrupt,
         )  # fmt: skip
 
-        def interrupt_once_two_run() -> None:
+        def interrupt_twice_once_two_run() -> None:
             while len(started) < 2:
                 time.sleep(0.01)
             os.kill(os.getpid(), signal.SIGINT)
+            while not reasons:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
 
-        interrupter = threading.Thread(target=interrupt_once_two_run)
+        interrupter = threading.Thread(target=interrupt_twice_once_two_run)
         interrupter.start()
         began = time.monotonic()
         results, _ = scheduler.run(build_tiers(units))
         interrupter.join()
     assert time.monotonic() - began < 10
     assert isinstance(scheduler.interruption, KeyboardInterrupt)
-    assert reasons == ["interrupted (SIGINT)"]
+    assert reasons == ["interrupted (SIGINT)"] * 2
     assert sorted(started) == ["a0", "a1"]
     statuses = {r.name: (r.status, r.log_tail) for r in results}
     assert statuses["a0"][0] == statuses["a1"][0] == "failed"  # stopped, result kept

@@ -58,10 +58,13 @@ def run_task(spec: TaskSpec, worker: str, ctx: WorkerContext) -> UnitResult:
             rss=ctx.rss,
             stop=ctx.stop,
         )
+        if outcome.interrupted and outcome.exit_code is None:  # stopped before it started
+            if not outcomes:
+                return skipped_result(spec, ctx.stop.reason or "the run was stopped")
+            _log(log_path, f"── not retried: {ctx.stop.reason}")
+            break
         outcomes.append(outcome)
         status = _status(spec, outcome)
-        if outcome.interrupted and outcome.error:  # the run was stopped before it started
-            _log(log_path, f"── {outcome.error}")
         if (status != "failed" and status != "timed_out") or outcome.interrupted:
             break
         if attempt < attempts:
