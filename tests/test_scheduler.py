@@ -39,14 +39,21 @@ def work(unit: Unit, worker: str) -> UnitResult:
     )  # fmt: skip
 
 
+def skipped(unit: Unit, reason: str) -> UnitResult:
+    return UnitResult(name=unit.name, priority=unit.priority, status="skipped", log_tail=reason)
+
+
+def crashed(unit: Unit, worker: str, error: BaseException) -> UnitResult:
+    return UnitResult(name=unit.name, priority=unit.priority, status="failed", worker=worker,
+                      log_tail=str(error))  # fmt: skip
+
+
 def run(units: list[Unit], max_parallel: int, fail_fast: bool = False) -> list[UnitResult]:
     with ThreadPoolExecutor(max_workers=max_parallel) as pool:
         scheduler: Scheduler[Unit, UnitResult] = Scheduler(
             submit=lambda unit, worker, report: pool.submit(work, unit, worker),
-            skipped=lambda u, reason: UnitResult(name=u.name, priority=u.priority,
-                                                 status="skipped", log_tail=reason),
-            crashed=lambda u, w, exc: UnitResult(name=u.name, priority=u.priority,
-                                                 status="failed", worker=w, log_tail=str(exc)),
+            skipped=skipped,
+            crashed=crashed,
             max_parallel=max_parallel,
             fail_fast=fail_fast,
         )  # fmt: skip
@@ -273,10 +280,8 @@ def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller(
     with ThreadPoolExecutor(max_workers=2) as pool:
         scheduler: Scheduler[Unit, UnitResult] = Scheduler(
             submit=lambda unit, worker, report: pool.submit(stoppable, unit, worker),
-            skipped=lambda u, reason: UnitResult(name=u.name, priority=u.priority,
-                                                 status="skipped", log_tail=reason),
-            crashed=lambda u, w, exc: UnitResult(name=u.name, priority=u.priority,
-                                                 status="failed", worker=w, log_tail=str(exc)),
+            skipped=skipped,
+            crashed=crashed,
             max_parallel=2,
             on_interrupt=on_interrupt,
         )  # fmt: skip
