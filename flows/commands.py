@@ -215,7 +215,7 @@ def run_command(
     if direct and exit_code < 0:
         exit_code = 128 - exit_code  # as `sh -c` reports a command killed by a signal
     _kill_group(process.pid, signal.SIGKILL)  # stragglers
-    interrupted = watchdog.interrupted and exit_code != 0  # not one that had just finished
+    interrupted = watchdog.interrupted  # even if it then exits 0: it was cut short
     if watchdog.fired or interrupted:
         why = f"timed out after {timeout:g}s" if watchdog.fired else f"stopped: {_reason(stop)}"
         with log_path.open("ab") as log:

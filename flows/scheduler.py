@@ -100,6 +100,9 @@ class _Halt:
 
 
 Reporter = Callable[[R], None]  # a worker hands its result to the scheduler
+# An interrupt during the start of the scheduler's thread: how long to wait for the thread
+# to show it has launched before taking it that it never did.
+LAUNCH_WAIT_S = 5.0
 
 
 @dataclass
@@ -134,31 +137,55 @@ class Scheduler(Generic[U, R]):
             )
             tiers = [merged]
         halt = _Halt()
+        launched = threading.Event()
         outcome: Future[tuple[list[R], list[TierTiming]]] = Future()
         runner = threading.Thread(  # in this thread's context: a flow run's, say
             target=contextvars.copy_context().run,
-            args=(self._run_into, tiers, halt, outcome),
+            args=(self._run_into, tiers, halt, launched, outcome),
             name="scheduler",
             daemon=True,
         )
-        started = False
+        if not self._start(runner, launched, halt):  # interrupted before it launched
+            return [self._skip(unit, halt.reason or "") for t in tiers for unit in t.units], []
+        return self._wait(outcome, halt)
+
+    def _start(self, runner: threading.Thread, launched: threading.Event, halt: _Halt) -> bool:
+        """Start the scheduler's thread. An interrupt meanwhile stops the run as one during
+        the wait would; False if it came before the thread launched (nothing ran)."""
+        try:
+            runner.start()
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                raise
+            self._interrupted(exc, halt)
+            return launched.wait(LAUNCH_WAIT_S)
+        return True
+
+    def _wait(
+        self, outcome: Future[tuple[list[R], list[TierTiming]]], halt: _Halt
+    ) -> tuple[list[R], list[TierTiming]]:
+        """The scheduler thread's outcome; each interrupt meanwhile is handled (one that
+        cuts into the handling of another too) and the wait goes on."""
+        pending: BaseException | None = None
         while True:
             try:
-                if not started:
-                    started = True
-                    runner.start()
+                if pending is not None:
+                    handling, pending = pending, None
+                    self._interrupted(handling, halt)
                 return outcome.result()
             except BaseException as exc:
-                if isinstance(exc, Exception):
-                    raise  # what broke the run (a callback), raised in the runner
-                self._interrupted(exc, halt)
+                if outcome.done() or isinstance(exc, Exception):
+                    raise  # what broke the run (a callback), raised in the scheduler thread
+                pending = exc
 
     def _run_into(
         self,
         tiers: Sequence[Tier[U]],
         halt: _Halt,
+        launched: threading.Event,
         outcome: Future[tuple[list[R], list[TierTiming]]],
     ) -> None:
+        launched.set()
         try:
             outcome.set_result(self._run_tiers(tiers, halt))
         except BaseException as exc:

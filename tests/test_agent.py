@@ -278,6 +278,14 @@ def test_what_a_failed_call_used_counts_against_the_budget(toolbox: Toolbox) -> 
     assert meter.usage == used + used and meter.total_usd == pytest.approx(2 * cost)
 
 
+def test_no_call_is_made_without_budget_left(toolbox: Toolbox) -> None:
+    """A retry after attempts that spent the issue's budget makes no call at all."""
+    model = ScriptedModel([final("unused")])
+    result = run(model, toolbox, CostMeter(), budget_usd=0.0)
+    assert not result.ok and result.error.startswith("budget exceeded")
+    assert model.calls == []
+
+
 def test_exhausted_script_raises_a_clear_error(toolbox: Toolbox) -> None:
     model = ScriptedModel([tool_use("list_files", {}, "toolu_1")])
     with pytest.raises(ScriptExhaustedError, match="has 1 turns; call 2 has none"):

@@ -261,3 +261,16 @@ def test_a_reply_cut_short_counts_what_it_wrote(
 
     assert error.message == "the reply stream ended before the reply did"
     assert error.usage == Usage(input_tokens=50, output_tokens=1000)
+
+
+def test_a_reply_cut_inside_a_tool_call_counts_the_input_it_sent(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic]
+) -> None:
+    """The SDK's parse of a partial tool input leaves out an unfinished string: the raw
+    JSON received is what counts (40,000 characters of file content, about 10,000 tokens)."""
+    call = tool_turn("write_file", {"path": "big.txt", "content": "x" * 40_000})
+    # cut before the input's last piece, content_block_stop, message_delta and message_stop
+    fake.add(AssistantTurn(call.content, "tool_use", stream_events=-4))
+    error = error_of(claude(fake, clients, timeout=5.0))
+
+    assert error.usage is not None and 9_990 <= error.usage.output_tokens <= 10_020

@@ -164,6 +164,24 @@ def test_a_stopped_run_kills_its_running_commands(tmp_path: Path) -> None:
     assert "[stopped: interrupted (SIGTERM): process group killed]" in read_tail(tmp_path / "a.log")
 
 
+def test_a_stopped_command_that_exits_0_is_still_not_ok(tmp_path: Path) -> None:
+    """It was cut short, whatever its exit code says."""
+    stop = RunStop()
+    pid_file = tmp_path / "shell.pid"
+    outcomes = []
+    command = f"trap 'exit 0' TERM; echo $$ > {pid_file}; sleep 300 & wait"
+    runner = threading.Thread(target=lambda: outcomes.append(run_command(
+        command, cwd=tmp_path, env=os.environ, timeout=600, log_path=tmp_path / "log",
+        stop=stop,
+    )))  # fmt: skip
+    runner.start()
+    wait_for_file(pid_file)
+    stop.stop("interrupted (SIGTERM)")
+    runner.join(timeout=10)
+    (outcome,) = outcomes
+    assert outcome.exit_code == 0 and outcome.interrupted and not outcome.ok
+
+
 def test_a_stopped_run_starts_no_command(tmp_path: Path) -> None:
     stop = RunStop()
     stop.stop("interrupted (SIGINT)")

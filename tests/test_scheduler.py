@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from flows.report import UnitResult
-from flows.scheduler import Scheduler, build_tiers
+from flows.scheduler import Scheduler, WorkUnit, build_tiers
 
 
 @dataclass(frozen=True)
@@ -307,3 +307,50 @@ def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller(
     assert statuses["a0"][0] == statuses["a1"][0] == "failed"  # stopped, result kept
     for name in ("a2", "a3", "b0"):
         assert statuses[name] == ("skipped", "interrupted (SIGINT)")
+
+
+def test_what_breaks_the_scheduler_thread_is_raised_not_taken_for_an_interrupt() -> None:
+    class Exits:
+        def run_started(self, flow_run_id: str | None) -> None:
+            pass
+
+        def unit_started(self, unit: WorkUnit, worker: str) -> None:
+            raise SystemExit(3)
+
+        def unit_heartbeat(self, worker: str, activity: str, cost_usd: float) -> None:
+            pass
+
+        def unit_finished(self, result: UnitResult) -> None:
+            pass
+
+    interrupts: list[str] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+            submit=lambda unit, worker, report: pool.submit(work, unit, worker),
+            skipped=skipped, crashed=crashed, max_parallel=1, observers=[Exits()],
+            on_interrupt=interrupts.append,
+        )  # fmt: skip
+        with pytest.raises(SystemExit):
+            scheduler.run(build_tiers([Unit("a", 1)]))
+    assert interrupts == [] and scheduler.interruption is None
+
+
+def test_an_interrupt_before_the_scheduler_thread_launched_skips_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def interrupted_start(thread: threading.Thread) -> None:
+        raise KeyboardInterrupt  # as if Ctrl-C came before the thread was launched
+
+    monkeypatch.setattr("flows.scheduler.LAUNCH_WAIT_S", 0.1)
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    interrupts: list[str] = []
+    scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+        submit=lambda unit, worker, report: pytest.fail("nothing may start"),
+        skipped=skipped, crashed=crashed, max_parallel=2, on_interrupt=interrupts.append,
+    )  # fmt: skip
+    results, timings = scheduler.run(build_tiers([Unit("a", 1), Unit("b", 2)]))
+    assert [(r.name, r.status, r.log_tail) for r in results] == [
+        ("a", "skipped", "interrupted (SIGINT)"), ("b", "skipped", "interrupted (SIGINT)"),
+    ]  # fmt: skip
+    assert timings == [] and interrupts == ["interrupted (SIGINT)"]
+    assert isinstance(scheduler.interruption, KeyboardInterrupt)

@@ -158,6 +158,8 @@ def run_agent(
     messages: list[Message] = [{"role": "user", "content": task_prompt}]
     tools = toolbox.schemas()
     progress = _Progress()
+    if budget_usd <= 0:  # e.g. a retry after attempts that spent it all
+        return progress.result(False, error="budget exceeded: none of it left for this attempt")
     cut_text: list[str] = []  # what replies cut at max_tokens said, before their sequel
     while True:
         _elide_old_tool_results(messages, HISTORY_BUDGET_CHARS)

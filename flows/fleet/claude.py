@@ -3,14 +3,13 @@ of the agent loop. Kept apart so that the loop (and test mode) never imports the
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from typing import Any, cast
 
 import anthropic
 import httpx2
-from anthropic.lib.streaming import MessageStream
+from anthropic.lib.streaming import MessageStream, ParsedMessageStreamEvent
 from anthropic.types import Message as Reply
 
 from flows.fleet.agent import AgentError, Block, ErrorKind, Message, ModelTurn
@@ -60,6 +59,7 @@ class ClaudeModel:
         cache = self.prompt_cache
         secrets = [s for s in (self._client.api_key, self._client.auth_token) if s]
         stream: MessageStream | None = None
+        written = _Written()
         try:
             with self._client.messages.stream(
                 model=self.model,
@@ -68,22 +68,24 @@ class ClaudeModel:
                 messages=cast(Any, _cached_messages(messages) if cache else messages),
                 tools=cast(Any, tools),
             ) as stream:
+                for event in stream:
+                    written.add(event)
                 reply = stream.get_final_message()  # AssertionError: the stream had no message
         except anthropic.AnthropicError as exc:
-            raise agent_error(exc, secrets, _usage_so_far(stream)) from None
+            raise agent_error(exc, secrets, written.usage_so_far(stream)) from None
         except httpx2.TransportError as exc:  # the SDK's retries end once the stream has begun
             message = f"connection lost while streaming the reply ({type(exc).__name__}: {exc})"
-            used = _usage_so_far(stream)
+            used = written.usage_so_far(stream)
             raise AgentError("transient", _redact(message, secrets), used) from None
         except AssertionError:
             raise AgentError("transient", "the reply stream ended before a message began") from None
         except ValueError as exc:  # e.g. text the SDK cannot encode: the same request fails again
             message = f"the SDK rejected the request or its reply ({type(exc).__name__}: {exc})"
-            used = _usage_so_far(stream)
+            used = written.usage_so_far(stream)
             raise AgentError("permanent", _redact(message, secrets), used) from None
         if reply.stop_reason is None:  # the stream ended cleanly, but before message_stop
             message = "the reply stream ended before the reply did"
-            raise AgentError("transient", message, _usage_of_cut_reply(reply))
+            raise AgentError("transient", message, written.usage_so_far(stream))
         return ModelTurn(
             content=[_block_to_dict(block) for block in reply.content],
             stop_reason=reply.stop_reason,
@@ -101,24 +103,36 @@ def _usage_of(reply: Reply) -> Usage:
     )
 
 
-def _usage_of_cut_reply(reply: Reply) -> Usage:
-    """The usage of a reply cut short, counted against the budget rather than dropped (a
-    budget must not be outrun by failing calls): its input, reported when the reply began,
-    and what it wrote. The API reports the output tokens at the end only, so what was
-    written is counted at about 4 characters a token when that is more."""
-    written = sum(len(b.text) if b.type == "text" else len(json.dumps(getattr(b, "input", "")))
-                  for b in reply.content)  # fmt: skip
-    usage = _usage_of(reply)
-    estimate = math.ceil(written / CHARS_PER_TOKEN)
-    return usage.model_copy(update={"output_tokens": max(usage.output_tokens, estimate)})
+class _Written:
+    """What a streamed reply has written so far (text, thinking, tool input as the raw
+    JSON received), to count a reply cut short by: the API reports the output tokens at
+    the end only."""
 
+    def __init__(self) -> None:
+        self.chars = 0
 
-def _usage_so_far(stream: MessageStream | None) -> Usage | None:
-    """What the reply of a stream that broke off had used; None before it began."""
-    try:
-        return None if stream is None else _usage_of_cut_reply(stream.current_message_snapshot)
-    except AssertionError:  # no message_start yet
-        return None
+    def add(self, event: ParsedMessageStreamEvent[Any]) -> None:
+        if event.type == "text":
+            self.chars += len(event.text)
+        elif event.type == "thinking":
+            self.chars += len(event.thinking)
+        elif event.type == "input_json":
+            self.chars += len(event.partial_json)
+
+    def usage_so_far(self, stream: MessageStream | None) -> Usage | None:
+        """The usage of a reply cut short, counted against the budget rather than dropped
+        (failing calls must not outrun a budget unseen): its input, reported when the reply
+        began, and what it wrote, at about 4 characters a token when that is more than it
+        reported. None when no reply began."""
+        try:
+            reply = None if stream is None else stream.current_message_snapshot
+        except AssertionError:  # no message_start yet
+            reply = None
+        if reply is None:
+            return None
+        usage = _usage_of(reply)
+        estimate = math.ceil(self.chars / CHARS_PER_TOKEN)
+        return usage.model_copy(update={"output_tokens": max(usage.output_tokens, estimate)})
 
 
 def agent_error(
