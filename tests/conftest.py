@@ -84,6 +84,15 @@ def process_running(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] != "Z"
 
 
+def wait_for_file(path: Path, timeout: float = 30.0) -> str:
+    """The content of `path` once something has written it (a test command's pid, say)."""
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.02)
+    return path.read_text()
+
+
 def wait_until_gone(pid: int, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while process_running(pid):

@@ -14,7 +14,7 @@ import pytest
 
 from flows.commands import RunStop, read_tail, run_command, to_argv
 from flows.rss import RssSampler
-from tests.conftest import wait_until_gone
+from tests.conftest import wait_for_file, wait_until_gone
 
 
 def test_shell_string_and_argv(tmp_path: Path) -> None:
@@ -128,14 +128,6 @@ def test_stragglers_are_killed_when_the_command_exits(tmp_path: Path) -> None:
                           timeout=10, log_path=tmp_path / "log")  # fmt: skip
     assert outcome.ok
     assert wait_until_gone(int(pid_file.read_text()))
-
-
-def wait_for_file(path: Path, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while not (path.is_file() and path.read_text().strip()):
-        assert time.monotonic() < deadline, f"{path} never written"
-        time.sleep(0.02)
-    return path.read_text()
 
 
 def test_a_stopped_run_kills_its_running_commands(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from flows.fleet.processes import (
     NoIssueProcessError,
     ProcessSpec,
 )
+from flows.fleet.testbed import open_tracker
 from flows.fleet.tracker import LocalTracker
 from flows.fleet.worker import IssueUnit
 from flows.fleet.workspace import Mirror
@@ -97,6 +98,27 @@ def test_a_dead_child_fails_only_its_issues_and_is_not_given_more(tmp_path: Path
             assert spared.result(timeout=60).status == "succeeded"
         after = processes.resolve(units[2], "w3")  # the live child takes it
     assert after.status == "succeeded", after.log_tail
+
+
+def test_a_stop_reaches_the_issues_in_the_children(tmp_path: Path) -> None:
+    """An interrupted run stops the agents of its issue processes too: their issues end
+    before the agent's next turn and go back to the queue."""
+    spec, units = seeded_testbed(tmp_path, 2, workers=2, agent_seconds=4)
+    beats = Beats()
+    with IssueProcesses(spec, beats) as processes:
+        processes.start(2)
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(processes.resolve, unit, f"w{i}")
+                       for i, unit in enumerate(units)]  # fmt: skip
+            for unit in units:
+                beats.wait_for(f"{unit.name}: agent")
+            processes.stop("interrupted (SIGTERM)")
+            results = [future.result(timeout=30) for future in futures]
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert all("stopped: interrupted (SIGTERM)" in r.log_tail for r in results)
+    assert all(r.stages.get("agent", 99) < 4 for r in results)  # before its second turn
+    tracker = open_tracker(Path(spec.settings.workspace), spec.settings.labels)
+    assert all("ready-for-dev" in tracker.get(u.issue.number).labels for u in units)
 
 
 def test_an_issue_that_raises_in_a_child_fails_with_what_it_raised(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from flows.fleet.testbed import remote_path
 from flows.fleet.tracker import LocalTracker
 from flows.fleet.worker import FleetContext, IssueUnit, resolve_issue
 from flows.fleet.workspace import Mirror
+from tests.conftest import wait_for_file, wait_until_gone
 
 
 class BrokenModel:
@@ -110,3 +113,49 @@ def test_the_pull_request_tells_what_every_round_did(tmp_path: Path) -> None:
     assert "Added a token-bucket rate limiter.\n\nAfter the checks failed: Gave the note a " in (
         pull.body
     )
+
+
+def test_a_stopped_run_kills_the_agents_command_and_gives_the_issue_back(tmp_path: Path) -> None:
+    """Ctrl-C during an agent's command: the command dies with its group, the agent stops
+    before its next turn, and the issue goes back to the queue (no pull request)."""
+    pid_file = tmp_path / "sleeper.pid"
+    command = {"argv": ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 300"]}
+    model = ScriptedModel([tool_turn("run_command", command, "a"), text_turn("never asked")])
+    connection, ctx = one_issue_fleet(tmp_path, iter([model]))
+    issue: Issue = connection.tracker.list_ready()[0]
+
+    def stop_once_the_command_runs() -> None:
+        wait_for_file(pid_file)
+        ctx.stop.stop("interrupted (SIGTERM)")
+
+    stopper = threading.Thread(target=stop_once_the_command_runs)
+    stopper.start()
+    started = time.monotonic()
+    result = resolve_issue(IssueUnit(issue, 1), "worker-01", ctx)
+    stopper.join()
+
+    assert time.monotonic() - started < 60  # not the 300 s the command had
+    assert wait_until_gone(int(pid_file.read_text()))
+    assert result.status == "failed" and result.pull_request is None
+    assert len(model.calls) == 1  # no turn after the stop
+    tracker = connection.tracker
+    assert isinstance(tracker, LocalTracker)
+    labels = connection.settings.labels
+    after = tracker.get(issue.number)
+    assert labels.ready in after.labels and labels.in_progress not in after.labels
+    assert tracker.comments(issue.number)[-1] == (
+        "Released: The fleet run working on this issue was stopped: interrupted (SIGTERM). "
+        "Back in the queue."
+    )
+    assert not tracker.pulls()
+
+
+def test_a_stopped_run_claims_no_more_issues(tmp_path: Path) -> None:
+    connection, ctx = one_issue_fleet(tmp_path, iter([]))
+    issue: Issue = connection.tracker.list_ready()[0]
+    ctx.stop.stop("interrupted (SIGINT)")
+
+    result = resolve_issue(IssueUnit(issue, 1), "worker-01", ctx)
+
+    assert (result.status, result.log_tail) == ("skipped", "skipped: interrupted (SIGINT)")
+    assert connection.settings.labels.ready in connection.tracker.get(issue.number).labels

@@ -144,6 +144,7 @@ def run_agent(
     meter: CostMeter,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     on_turn: Callable[[int], None] | None = None,
+    stopped: Callable[[], str | None] = lambda: None,
 ) -> AgentResult:
     """Let the model work on `task_prompt` with the toolbox's tools until it ends its turn.
 
@@ -152,7 +153,8 @@ def run_agent(
     nothing more is spent), or on a permanent model error. A transient model error is
     raised (see the module docstring). Raises UnknownModelError before any call when
     `model_name` has no price. `on_turn(turns)` is called after every model call (a
-    heartbeat for status displays).
+    heartbeat for status displays). `stopped()`, asked before every call, says why the
+    run was stopped, if it was: the agent then stops there, with ok=False.
     """
     meter.price(model_name)
     messages: list[Message] = [{"role": "user", "content": task_prompt}]
@@ -162,6 +164,8 @@ def run_agent(
         return progress.result(False, error="budget exceeded: none of it left for this attempt")
     cut_text: list[str] = []  # what replies cut at max_tokens said, before their sequel
     while True:
+        if reason := stopped():
+            return progress.result(False, error=f"stopped: {reason}")
         _elide_old_tool_results(messages, HISTORY_BUDGET_CHARS)
         try:
             turn = model.complete(

@@ -116,6 +116,11 @@ def fleet_plan(
         processes.start(children)  # their start overlaps the setup step
         work = partial(_in_an_issue_process, processes, ctx, worker)
 
+    def stop_units(reason: str) -> None:
+        ctx.stop.stop(reason)
+        if processes is not None:
+            processes.stop(reason)
+
     def update_mirror() -> SetupSummary:
         started = time.perf_counter()
         existed = ctx.mirror.exists()
@@ -136,6 +141,7 @@ def fleet_plan(
         describe=_describe,
         tier_barriers=False,  # issues are independent: urgent first, but nobody waits
         notifications=settings.notifications,
+        stop_units=stop_units,
     )
 
 

@@ -15,9 +15,10 @@ issues in flight. A child runs every issue on a thread of its own and sends back
 issue's heartbeats (relayed to the leader's observers) and its result.
 
 Closing tells the children to take no more issues; they finish those they hold (as the
-leader's threads would), then exit. A child that dies fails only the issues it held; a
-leader that dies takes its children with it (they see its pipe close), as it would its
-threads.
+leader's threads would), then exit. `stop` stops their issues as the leader's own (an
+interrupted run): agents before their next turn, commands killed. A child that dies fails
+only the issues it held; a leader that dies takes its children with it (they see its pipe
+close), as it would its threads.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ Heartbeat = Callable[[str, str, float], None]  # worker, activity, cost of the i
 CLOSE_TIMEOUT_S = 30.0  # after the last issue, how long a child may take to exit
 LEADER_GONE_EXIT = 70  # a child's exit code when its leader's pipe closed without a word
 CLOSED = "closed"  # a child's refusal once the leader closed it; a failure after it wins
+STOP = "stop"  # (STOP, reason): the run was stopped; otherwise (job, unit, worker) or None
 
 
 class IssueProcessError(RuntimeError):
@@ -125,6 +127,13 @@ class IssueProcesses:
         """How many children take issues."""
         return sum(child.accepting for child in self._children)
 
+    def stop(self, reason: str) -> None:
+        """Stop the issues in flight (see FleetContext.stop), in every child."""
+        with self._lock:
+            children = list(self._children)
+        for child in children:
+            child.stop(reason)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -191,6 +200,10 @@ class _Child:
                 self._jobs.pop(job, None)
                 raise IssueProcessError(f"issue process {self.pid}: {exc!r}") from None
         return future
+
+    def stop(self, reason: str) -> None:
+        with self._lock, suppress(OSError):  # a child that is gone has nothing to stop
+            self._outbox.send((STOP, reason))
 
     def close(self) -> None:
         """No more issues: the child finishes those it holds, then exits. The pipe stays
@@ -289,7 +302,10 @@ def serve() -> None:
 
     with ThreadPoolExecutor(spec.settings.workers, thread_name_prefix="issue") as threads:
         while (message := _next_message(inbox)) is not None:
-            threads.submit(run, *message)
+            if message[0] == STOP:
+                ctx.stop.stop(message[1])
+            else:
+                threads.submit(run, *message)
         # closed: the issues in flight finish (leaving this block waits for them), unless
         # the leader dies meanwhile
         threading.Thread(target=_exit_with_leader, args=(inbox,), daemon=True).start()

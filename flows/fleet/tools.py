@@ -31,6 +31,7 @@ from typing import Any
 import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from flows.commands import RunStop
 from flows.commands import run_command as run_process
 
 log = logging.getLogger(__name__)
@@ -189,9 +190,11 @@ class Toolbox:
         max_file_bytes: int = 1_000_000,
         max_command_file_bytes: int = 2 * 1024**3,  # a big wheel fits; a runaway `yes` stops
         env: Mapping[str, str] | None = None,
+        stop: RunStop | None = None,
     ) -> None:
         """`command_timeout` is both the default and the maximum of run_command; `env` adds
-        variables for commands (e.g. a PATH with a tool cache first), secrets still dropped."""
+        variables for commands (e.g. a PATH with a tool cache first), secrets still dropped;
+        `stop` kills the commands when the run is stopped."""
         self.root = workspace.resolve(strict=True)
         if not self.root.is_dir():
             raise ValueError(f"workspace is not a directory: {workspace}")
@@ -200,6 +203,7 @@ class Toolbox:
         self.max_file_bytes = max_file_bytes
         self.max_command_file_bytes = max_command_file_bytes  # its output, or any file it writes
         self._extra_env = dict(env or {})
+        self._stop = stop
 
     def __repr__(self) -> str:
         return f"Toolbox({str(self.root)!r})"
@@ -331,7 +335,7 @@ class Toolbox:
             output_log = Path(scratch, "output.log")
             env = scrubbed_env(os.environ, home, self._extra_env)
             outcome = run_process(argv, cwd=self.root, env=env, timeout=limit,
-                                  log_path=output_log,
+                                  log_path=output_log, stop=self._stop,
                                   max_file_bytes=self.max_command_file_bytes)  # fmt: skip
             output = self._capped_log(output_log)
             if output_log.stat().st_size >= self.max_command_file_bytes:
@@ -344,6 +348,8 @@ class Toolbox:
         if outcome.timed_out:
             text = f"timed out after {limit:g}s (process group killed)\noutput:\n{output}"
             return ToolOutcome(text, is_error=True)
+        if outcome.interrupted:
+            return ToolOutcome(f"stopped: the run was stopped\noutput:\n{output}", is_error=True)
         return ToolOutcome(f"exit code: {outcome.exit_code}\noutput:\n{output}")
 
     # ----- confinement ----------------------------------------------------------------------

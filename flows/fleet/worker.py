@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flows.commands import read_tail
+from flows.commands import RunStop, read_tail
 from flows.config import ConfigError, load_config
 from flows.fleet.agent import AgentError, Model, build_task_prompt, run_agent
 from flows.fleet.config import FleetConfig
@@ -61,13 +61,18 @@ class FleetContext:
     claimant: str
     report_dir: Path
     author: tuple[str, str] = ("prefect-fleet", "fleet@localhost")
-    sleep: Callable[[float], None] = field(default=time.sleep)
+    sleep: Callable[[float], None] | None = None  # between retries; default: `stop.wait`
     # (worker, activity, cost of the issue so far): what status displays show live
     heartbeat: Callable[[str, str, float], None] = field(default=lambda *_: None)
+    # the run was interrupted: agents stop before their next turn, commands are killed
+    stop: RunStop = field(default_factory=RunStop)
 
     @property
     def root(self) -> Path:
         return Path(self.settings.workspace)
+
+    def pause(self, seconds: float) -> None:
+        (self.sleep or self.stop.wait)(seconds)
 
 
 class _IssueLog:
@@ -85,6 +90,8 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
     issue = unit.issue
     started = datetime.now(UTC)
     log_path = ctx.report_dir / "logs" / f"{issue.name}.log"
+    if ctx.stop.reason is not None:  # not claimed: it stays in the queue
+        return skipped_issue(unit, ctx.stop.reason)
     run = _IssueRun(issue, worker, ctx, CostMeter(ctx.settings.prices), _IssueLog(log_path))
     log, outcome = run.log, run.outcome
     with run.stage("claim"):
@@ -102,7 +109,9 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
         log(f"workspace {workspace.path} on {workspace.branch}"
             + (" (continuing an earlier branch)" if workspace.resumed else ""))  # fmt: skip
         agent, checks = _implement(run, workspace)
-        if agent.ok and checks.passed:
+        if ctx.stop.reason is not None and not (agent.ok and checks.passed):
+            _give_back(run, ctx.stop.reason)
+        elif agent.ok and checks.passed:
             with run.stage("publish"):
                 pull = _publish(run, workspace, agent, checks)
             outcome.pull_request = pull.url
@@ -209,7 +218,8 @@ def _run_agent_with_retries(
         if retry:
             workspace.restore(start)
         run.outcome.attempts += 1
-        toolbox = Toolbox(workspace.path, command_timeout=settings.command_timeout)
+        toolbox = Toolbox(workspace.path, command_timeout=settings.command_timeout,
+                          stop=ctx.stop)  # fmt: skip
         try:
             result = run_agent(
                 ctx.model_for(issue), toolbox, build_task_prompt(issue, failures),
@@ -217,13 +227,14 @@ def _run_agent_with_retries(
                 budget_usd=max(0.0, settings.budget_usd_per_issue - meter.total_usd),
                 model_name=settings.model, meter=meter, max_tokens=settings.max_tokens,
                 on_turn=lambda turns: run.beat(f"agent turn {turns}"),
+                stopped=lambda: ctx.stop.reason,
             )  # fmt: skip
         except AgentError as exc:  # transient: the SDK already retried the call itself
             if retry == settings.max_agent_retries:
                 return AgentResult(ok=False, error=f"model unavailable: {exc}")
             delay = settings.retry_backoff_seconds * 2**retry
             log(f"transient model error ({exc}); retrying in {delay:g}s")
-            ctx.sleep(delay)
+            ctx.pause(delay)
             continue
         log(f"agent: {'done' if result.ok else 'failed'} in {result.turns} turns, "
             f"${result.cost_usd:.4f}" + (f": {result.error}" if result.error else ""))  # fmt: skip
@@ -251,7 +262,8 @@ def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
             summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log")
             if summary.status == "failed":
                 return CheckReport(False, f"checks setup failed:\n{summary.log_tail}")
-        worker_ctx = WorkerContext(workdir=matrix.workdir, env=env, report_dir=report_dir)
+        worker_ctx = WorkerContext(workdir=matrix.workdir, env=env, report_dir=report_dir,
+                                   stop=ctx.stop)  # fmt: skip
         results = [run_task(spec, "checks", worker_ctx) for spec in matrix.tasks]
     failed = [r for r in results if r.failed]
     if not failed:
@@ -319,6 +331,18 @@ def _fail(run: _IssueRun, reason: str) -> None:
         run.ctx.tracker.finish(run.issue, False, message)
     except TrackerError as exc:
         run.log(f"could not label the issue as failed: {exc}")
+
+
+def _give_back(run: _IssueRun, reason: str) -> None:
+    """The run was stopped before this issue was done: back in the queue, for a later run
+    (its workspace is kept or cleaned as a failed one's)."""
+    run.outcome.status = "failed"
+    run.log(f"stopped: {reason}; the issue goes back to the queue")
+    message = f"The fleet run working on this issue was stopped: {reason}. Back in the queue."
+    try:
+        run.ctx.tracker.release(run.issue, message)
+    except TrackerError as exc:
+        run.log(f"could not put the issue back in the queue: {exc}")
 
 
 def failure_comment(reason: str) -> str:
