@@ -3,14 +3,17 @@ issue never blocks the others."""
 
 from __future__ import annotations
 
+import threading
+import time
+from types import SimpleNamespace
 from typing import Any
 from uuid import UUID, uuid4
 
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.states import Cancelled, Completed, Crashed
+from prefect.states import Cancelled, Completed, Crashed, Running
 
-from flows.fleet.dispatch import RUN_HISTORY, dispatch, issue_tag, sweep_lost_runs
+from flows.fleet.dispatch import RUN_HISTORY, dispatch, issue_tag, sweep_lost_runs, wait_for_run
 from flows.fleet.models import Issue
 from flows.fleet.tracker import Labels, TrackerError
 
@@ -104,3 +107,16 @@ def test_a_crash_loop_longer_than_a_page_of_runs_is_still_swept() -> None:
     started = dispatch(client, uuid4(), "acme/widgets", Issue(number=8, title="t"), {})  # type: ignore[arg-type]
     assert client.created[0]["idempotency_key"].endswith(f"#8/{RUN_HISTORY + 5}")
     assert started.started
+
+
+def test_waiting_for_a_run_ends_when_the_leader_is_stopped() -> None:
+    """An interrupted distributed leader stops waiting (the run goes on on the pool)."""
+    pending = run(7, Running())
+    done = run(8, Completed())
+    client = SimpleNamespace(read_flow_run=lambda run_id: pending if run_id == pending.id else done)
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    assert wait_for_run(client, pending.id, poll_seconds=30, stop=stop) is None  # type: ignore[arg-type]
+    assert time.monotonic() - started < 10
+    assert wait_for_run(client, done.id, stop=stop) is done  # type: ignore[arg-type]

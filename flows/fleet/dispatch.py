@@ -10,8 +10,7 @@ crashed runs back to the queue, so the next poll starts them again.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -170,11 +169,14 @@ def wait_for_run(
     client: SyncPrefectClient,
     flow_run_id: UUID,
     poll_seconds: float = 1.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> FlowRun:
-    """Poll until the run is in a final state; returns it."""
+    stop: threading.Event | None = None,
+) -> FlowRun | None:
+    """Poll until the run is in a final state; returns it, or None once `stop` is set
+    (the waiting stops; the run goes on)."""
+    stop = stop or threading.Event()
     while True:
         run = client.read_flow_run(flow_run_id)
         if run.state is not None and run.state.is_final():
             return run
-        sleep(poll_seconds)
+        if stop.wait(poll_seconds):
+            return None

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -161,11 +162,16 @@ def distributed_plan(
     if released:
         print(f"released issues of lost runs or interrupted claims: {_numbers(released)}")
 
+    stopped = threading.Event()  # the leader was interrupted: it stops waiting
+
     def run_on_pool(unit: IssueUnit, slot: str) -> IssueResult:
         with get_client(sync_client=True) as client:
             started = dispatch(client, target.id, connection.source, unit.issue,
                                run_parameters, queue_for(target, unit))  # fmt: skip
-            run = wait_for_run(client, started.flow_run_id)
+            run = wait_for_run(client, started.flow_run_id, stop=stopped)
+        if run is None:
+            return skipped_issue(unit, f"not waited for: run {started.flow_run_name} goes on "
+                                       "on the work pool")  # fmt: skip
         return issue_result_of(run, unit)
 
     return LeaderPlan(
@@ -180,6 +186,7 @@ def distributed_plan(
         describe=_describe,
         tier_barriers=False,
         # no notifications: each resolve-issue run sends its own
+        stop_units=lambda reason: stopped.set(),
     )
 
 
