@@ -222,8 +222,8 @@ def _run_tiers(
         try:
             results, timings = scheduler.run(plan.tiers)
         except BaseException as exc:  # the units' threads are waited for on the way out
-            failed = isinstance(exc, Exception)
-            plan.stop_units(f"the run failed ({exc!r})" if failed else interrupt_reason(exc))
+            failed = isinstance(exc, Exception)  # what it was is raised, not told to units
+            plan.stop_units("the run failed" if failed else interrupt_reason(exc))
             raise
         return results, timings, scheduler.interruption
 

@@ -34,6 +34,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelling
 
 from benchmarks.common import POOL, postgres_database, prepare_server
 from flows._prefect import local_server
@@ -41,6 +42,7 @@ from flows.fleet import testbed
 from flows.fleet.dispatch import RESOLVE_DEPLOYMENT, dispatch, source_tag
 from flows.fleet.testbed import ensure_remote, ensure_tracker
 from flows.fleet.tracker import Labels, LocalTracker
+from flows.fleet.worker import CANCELLED, failure_comment
 from tests.conftest import REPO, run_cli
 
 CRASH_AFTER = 60  # seconds without a heartbeat (runs beat every 30 s; the minimum)
@@ -234,6 +236,30 @@ def test_killed_worker_crashes_its_run_and_the_issue_is_redone(
     assert [p.branch for p in tracker.pulls()] == [issue.branch]  # one pull request
     assert any(c.startswith("Released: run") for c in tracker.comments(issue.number))
     cluster.workers[victim] = start_worker(victim, cluster.env, cluster.logs)
+
+
+def test_a_cancelled_run_stops_its_agent_and_fails_its_issue(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Cancelled in the UI: the run's agent stops before its next turn, and the issue is
+    failed with a comment, neither left in progress nor queued for the next poll."""
+    workspace = tmp_path / "ws"
+    ensure_remote(workspace)
+    tracker: LocalTracker = ensure_tracker(workspace, 1, Labels())
+    (issue,) = tracker.list_ready()
+    poll(workspace, agent_seconds=20)  # two turns of 10 s
+
+    with cluster.client() as client:
+        run = wait_for(
+            lambda: running_for(client, workspace, issue.number, 2), 120, "the run to start"
+        )
+        client.set_flow_run_state(run.id, Cancelling())
+        wait_for(lambda: state_of(client, run.id, StateType.CANCELLED), 90, "Cancelled")
+
+    labels = tracker.labels_of(issue.number)
+    assert "ai-failed" in labels and "in-progress" not in labels and "ready-for-dev" not in labels
+    assert tracker.comments(issue.number)[-1] == failure_comment(CANCELLED)
+    assert not tracker.pulls()
 
 
 def runs_for(client: SyncPrefectClient, workspace: Path, number: int) -> list[FlowRun]:

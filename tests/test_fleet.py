@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import flow, get_client
+from prefect.context import FlowRunContext
+from prefect.states import Cancelling
 
 from flows._prefect import leader_session, state_result
-from flows.fleet.flow import fleet
+from flows.fleet.flow import fleet, flow_run_cancelled
 from flows.fleet.tracker import Labels, LocalTracker
 from flows.leader import observing
 from flows.report import Report
@@ -350,3 +353,22 @@ def test_log_level_shows_the_agents_turns_and_rejects_nonsense(
     bad = run_cli(fleet_args(workspace), {**cli_env, "LOG_LEVEL": "chatty"})
     assert bad.returncode == 2
     assert "LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got 'chatty'" in bad.stderr
+
+
+def test_a_flow_run_being_cancelled_is_told_from_a_plain_interrupt() -> None:
+    """Prefect marks a run Cancelling before it signals the run's process: its issues are
+    then failed, not put back in the queue (see worker.CANCELLED)."""
+    seen: list[bool] = []
+
+    @flow(persist_result=False)
+    def probe() -> None:
+        seen.append(flow_run_cancelled())
+        context = FlowRunContext.get()
+        assert context is not None and context.flow_run is not None
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(context.flow_run.id, Cancelling(), force=True)
+        seen.append(flow_run_cancelled())
+
+    probe(return_state=True)
+    assert seen == [False, True]
+    assert not flow_run_cancelled()  # outside a flow run

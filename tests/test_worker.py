@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from flows.commands import RunStop
 from flows.fleet.agent import AgentError, Model, ModelTurn, ScriptedModel
 from flows.fleet.config import FleetConfig
 from flows.fleet.connection import Connection, fleet_context, open_connection
-from flows.fleet.models import Issue, Usage
+from flows.fleet.models import Issue, IssueResult, Usage
 from flows.fleet.testbed import remote_path
 from flows.fleet.tracker import LocalTracker
-from flows.fleet.worker import FleetContext, IssueUnit, resolve_issue
+from flows.fleet.worker import CANCELLED, FleetContext, IssueUnit, failure_comment, resolve_issue
 from flows.fleet.workspace import Mirror
 from tests.conftest import wait_for_file, wait_until_gone
 
@@ -115,29 +116,50 @@ def test_the_pull_request_tells_what_every_round_did(tmp_path: Path) -> None:
     )
 
 
-def test_a_stopped_run_kills_the_agents_command_and_gives_the_issue_back(tmp_path: Path) -> None:
-    """Ctrl-C during an agent's command: the command dies with its group, the agent stops
-    before its next turn, and the issue goes back to the queue (no pull request)."""
+class StopsTheRunOnItsLastCall:
+    """A model that makes `turns`, then ends its turn, the run being stopped during that
+    last call (Ctrl-C while the model writes its summary)."""
+
+    def __init__(self, stop: RunStop, turns: list[ModelTurn]) -> None:
+        self.stop, self.turns = stop, list(turns)
+
+    def complete(self, **request: Any) -> ModelTurn:
+        if self.turns:
+            return self.turns.pop(0)
+        self.stop.stop("interrupted (SIGINT)")
+        return text_turn("Done.")
+
+
+def run_stopped_during_a_command(
+    tmp_path: Path, reason: str
+) -> tuple[Connection, Issue, IssueResult, ScriptedModel]:
+    """Resolve the one issue while its agent runs a long command; stop the run with
+    `reason` once the command runs."""
     pid_file = tmp_path / "sleeper.pid"
     command = {"argv": ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 300"]}
     model = ScriptedModel([tool_turn("run_command", command, "a"), text_turn("never asked")])
     connection, ctx = one_issue_fleet(tmp_path, iter([model]))
     issue: Issue = connection.tracker.list_ready()[0]
-
-    def stop_once_the_command_runs() -> None:
-        wait_for_file(pid_file)
-        ctx.stop.stop("interrupted (SIGTERM)")
-
-    stopper = threading.Thread(target=stop_once_the_command_runs)
-    stopper.start()
-    started = time.monotonic()
-    result = resolve_issue(IssueUnit(issue, 1), "worker-01", ctx)
-    stopper.join()
-
-    assert time.monotonic() - started < 60  # not the 300 s the command had
+    with ThreadPoolExecutor(1) as pool:
+        resolving = pool.submit(resolve_issue, IssueUnit(issue, 1), "worker-01", ctx)
+        try:
+            wait_for_file(pid_file)
+            started = time.monotonic()
+        finally:
+            ctx.stop.stop(reason)  # even if the command never ran: the test must not hang
+        result = resolving.result(timeout=60)
+    assert time.monotonic() - started < 30  # not the 300 s the command had
     assert wait_until_gone(int(pid_file.read_text()))
-    assert result.status == "failed" and result.pull_request is None
     assert len(model.calls) == 1  # no turn after the stop
+    return connection, issue, result, model
+
+
+def test_a_stopped_run_kills_the_agents_command_and_gives_the_issue_back(tmp_path: Path) -> None:
+    """Ctrl-C during an agent's command: the command dies with its group, the agent stops
+    before its next turn, and the issue goes back to the queue (no pull request)."""
+    connection, issue, result, _ = run_stopped_during_a_command(tmp_path, "interrupted (SIGTERM)")
+
+    assert result.status == "failed" and result.pull_request is None
     tracker = connection.tracker
     assert isinstance(tracker, LocalTracker)
     labels = connection.settings.labels
@@ -148,6 +170,37 @@ def test_a_stopped_run_kills_the_agents_command_and_gives_the_issue_back(tmp_pat
         "Back in the queue."
     )
     assert not tracker.pulls()
+
+
+def test_a_cancelled_run_fails_its_issue_instead_of_queueing_it_again(tmp_path: Path) -> None:
+    """Cancelled on purpose (in the Prefect UI): the next poll must not start it again."""
+    connection, issue, result, _ = run_stopped_during_a_command(tmp_path, CANCELLED)
+
+    assert result.status == "failed"
+    labels = connection.settings.labels
+    after = connection.tracker.get(issue.number)
+    assert labels.failed in after.labels and labels.ready not in after.labels
+    tracker = connection.tracker
+    assert isinstance(tracker, LocalTracker)
+    assert tracker.comments(issue.number)[-1] == failure_comment(CANCELLED)
+
+
+def test_checks_cut_short_by_a_stop_pass_nothing(tmp_path: Path) -> None:
+    """Stopped during the agent's last call: the checks do not run, so they cannot pass,
+    and no pull request is opened on unchecked work."""
+    connection, ctx = one_issue_fleet(tmp_path, iter([]))
+    write = tool_turn("write_file", {"path": "changes/fix.md", "content": "# Fix\n"}, "a")
+    model = StopsTheRunOnItsLastCall(ctx.stop, [write])
+    ctx = dataclasses.replace(ctx, model_for=lambda issue: model)
+    issue: Issue = connection.tracker.list_ready()[0]
+
+    result = resolve_issue(IssueUnit(issue, 1), "worker-01", ctx)
+
+    assert result.status == "failed" and result.pull_request is None
+    assert "checks after round 1: failed" in result.log_tail
+    assert connection.settings.labels.ready in connection.tracker.get(issue.number).labels
+    tracker = connection.tracker
+    assert isinstance(tracker, LocalTracker) and not tracker.pulls()
 
 
 def test_a_stopped_run_claims_no_more_issues(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from prefect import State, flow, get_client
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
@@ -55,6 +55,7 @@ from flows.fleet.processes import (
 )
 from flows.fleet.tracker import requeue_interrupted_claims
 from flows.fleet.worker import (
+    CANCELLED,
     FleetContext,
     IssueUnit,
     crashed_issue,
@@ -118,6 +119,7 @@ def fleet_plan(
         work = partial(_in_an_issue_process, processes, ctx, worker)
 
     def stop_units(reason: str) -> None:
+        reason = CANCELLED if flow_run_cancelled() else reason
         ctx.stop.stop(reason)
         if processes is not None:
             processes.stop(reason)
@@ -240,6 +242,21 @@ def read_deployment(client: SyncPrefectClient, name: str) -> DeploymentResponse:
             "Prefect server", "deployment", f"{name!r} not found: deploy it first "
             "(`prefect --no-prompt deploy --all`)",
         ) from None  # fmt: skip
+
+
+def flow_run_cancelled() -> bool:
+    """Whether the current flow run is being cancelled: Prefect marks it Cancelling before
+    it signals the run's process. False when that cannot be told."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return False
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(context.flow_run.id).state
+    except Exception as exc:  # the API is down, say: taken for a plain interrupt
+        log.warning("could not read the state of this flow run: %s", exc)
+        return False
+    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
 
 
 def claimant() -> str:

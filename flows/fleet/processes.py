@@ -128,9 +128,10 @@ class IssueProcesses:
         return sum(child.accepting for child in self._children)
 
     def stop(self, reason: str) -> None:
-        """Stop the issues in flight (see FleetContext.stop), in every child."""
+        """Stop the issues in flight (see FleetContext.stop), in every child (once closed,
+        a child reads nothing more but the end of its pipe)."""
         with self._lock:
-            children = list(self._children)
+            children = [] if self._closed else list(self._children)
         for child in children:
             child.stop(reason)
 
@@ -270,9 +271,11 @@ def serve() -> None:
     outbox = Pipe(os.dup(1), readable=False)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(2, 1)  # a stray print must not corrupt the pipe
-    # Ctrl-C reaches the whole terminal group: the leader decides when to stop. A handler,
-    # not SIG_IGN, so that the commands this process starts get the default back at exec.
-    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    # Ctrl-C reaches the whole terminal group, and a service manager may SIGTERM the whole
+    # control group: the leader decides when to stop (it sends STOP). A handler, not
+    # SIG_IGN, so that the commands this process starts get the default back at exec.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: None)
     send_lock = threading.Lock()
 
     def send(*message: Any) -> None:
@@ -319,8 +322,9 @@ def _next_message(inbox: Pipe) -> Any:
 
 
 def _exit_with_leader(inbox: Pipe) -> None:
-    """After the stop message nothing more comes: a read returns only when the leader's end
-    of the pipe closes, which it does after this process exited, or when it died."""
+    """After the closing message (None) nothing more comes: a read returns only when the
+    leader's end of the pipe closes, which it does after this process exited, or when it
+    died."""
     with suppress(EOFError, OSError):
         inbox.recv()
     os._exit(LEADER_GONE_EXIT)

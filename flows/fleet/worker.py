@@ -33,6 +33,9 @@ from flows.pipeline.worker import WorkerContext, run_task
 from flows.report import Status
 
 logger = logging.getLogger(__name__)
+# The reason a run's stop gives when its flow run was cancelled (in the Prefect UI, say):
+# its issue is failed, not put back in the queue for the next poll to start again.
+CANCELLED = "the run was cancelled"
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,7 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
         log(f"workspace {workspace.path} on {workspace.branch}"
             + (" (continuing an earlier branch)" if workspace.resumed else ""))  # fmt: skip
         agent, checks = _implement(run, workspace)
-        if ctx.stop.reason is not None and not (agent.ok and checks.passed):
-            _give_back(run, ctx.stop.reason)
-        elif agent.ok and checks.passed:
+        if agent.ok and checks.passed:  # done, even if the run was stopped meanwhile
             with run.stage("publish"):
                 pull = _publish(run, workspace, agent, checks)
             outcome.pull_request = pull.url
@@ -119,6 +120,8 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
             log(f"pull request {pull.url} ({'opened' if pull.created else 'updated'})")
             with run.stage("finish"):
                 ctx.tracker.finish(issue, True, f"Pull request: {pull.url}")
+        elif ctx.stop.reason is not None:
+            _stopped(run, ctx.stop.reason)
         else:
             reason = agent.error if not agent.ok else f"checks still failing:\n{checks.report}"
             _fail(run, reason or "the agent gave up")
@@ -259,12 +262,15 @@ def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
     env = cache_env(setup, scrubbed_env(os.environ, home=workdir))
     with cache_in_use(setup):
         if setup is not None:
-            summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log")
+            summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log",
+                                stop=ctx.stop)  # fmt: skip
             if summary.status == "failed":
                 return CheckReport(False, f"checks setup failed:\n{summary.log_tail}")
         worker_ctx = WorkerContext(workdir=matrix.workdir, env=env, report_dir=report_dir,
                                    stop=ctx.stop)  # fmt: skip
         results = [run_task(spec, "checks", worker_ctx) for spec in matrix.tasks]
+    if ctx.stop.reason is not None:  # some may not have run: no verdict
+        return CheckReport(False, f"checks stopped: {ctx.stop.reason}")
     failed = [r for r in results if r.failed]
     if not failed:
         return CheckReport(True, f"all {len(results)} checks passed")
@@ -333,9 +339,13 @@ def _fail(run: _IssueRun, reason: str) -> None:
         run.log(f"could not label the issue as failed: {exc}")
 
 
-def _give_back(run: _IssueRun, reason: str) -> None:
-    """The run was stopped before this issue was done: back in the queue, for a later run
-    (its workspace is kept or cleaned as a failed one's)."""
+def _stopped(run: _IssueRun, reason: str) -> None:
+    """The run was stopped before this issue was done. Interrupted, the issue goes back to
+    the queue for a later run; cancelled (CANCELLED), it is failed: stopped on purpose.
+    Its workspace is kept or cleaned as a failed one's."""
+    if reason == CANCELLED:
+        _fail(run, CANCELLED)
+        return
     run.outcome.status = "failed"
     run.log(f"stopped: {reason}; the issue goes back to the queue")
     message = f"The fleet run working on this issue was stopped: {reason}. Back in the queue."

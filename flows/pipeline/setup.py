@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flows.commands import read_tail, run_command
+from flows.commands import RunStop, read_tail, run_command
 from flows.config import Command, ConfigError, PipelineConfig, SetupConfig, resolve_folder
 from flows.report import SetupSummary
 
@@ -119,9 +119,14 @@ def cache_env(plan: SetupPlan | None, base: Mapping[str, str]) -> dict[str, str]
 
 
 def run_setup(
-    plan: SetupPlan, workdir: Path, env: Mapping[str, str], log_path: Path
+    plan: SetupPlan,
+    workdir: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    stop: RunStop | None = None,
 ) -> SetupSummary:
-    """Reuse the cache for `plan.key` or build it; never raises for a failing command."""
+    """Reuse the cache for `plan.key` or build it; never raises for a failing command. A
+    `stop` kills its commands (the setup then fails: the cache is not marked done)."""
     started = time.perf_counter()
     plan.cache_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,9 +142,8 @@ def run_setup(
         for command in plan.commands:
             with log_path.open("a") as log:
                 log.write(f"$ {command}\n")
-            outcome = run_command(
-                command, cwd=workdir, env=env, timeout=plan.timeout, log_path=log_path
-            )
+            outcome = run_command(command, cwd=workdir, env=env, timeout=plan.timeout,
+                                  log_path=log_path, stop=stop)  # fmt: skip
             if not outcome.ok:
                 return _summary(plan, started, hit=False, ok=False, log_path=log_path)
         (plan.cache_dir / MARKER).write_text(
