@@ -221,7 +221,7 @@ def test_sigterm_stops_the_agents_and_leaves_every_issue_ready(tmp_path: Path) -
     workspace = tmp_path / "ws"
     fleet = subprocess.Popen(
         [sys.executable, "-m", "flows.deploy", "fleet", "--mode", "test", "--workers", "2",
-         "--mock-issues", "3", "--agent-seconds", "8", "--workspace", str(workspace)],
+         "--mock-issues", "3", "--agent-seconds", "40", "--workspace", str(workspace)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     issue_logs = workspace / ".fleet" / "report" / "logs"
@@ -233,7 +233,7 @@ def test_sigterm_stops_the_agents_and_leaves_every_issue_ready(tmp_path: Path) -
     signalled = time.monotonic()
     output = fleet.communicate(timeout=120)[0].decode()
     assert fleet.returncode == 128 + signal.SIGTERM and "terminated" in output, output[-3000:]
-    assert time.monotonic() - signalled < 30  # one 4 s turn at most, not 8 s agents
+    assert time.monotonic() - signalled < 30  # the end of a 20 s turn, not of 40 s agents
     ui = re.search(r"http://127\.0\.0\.1:(\d+)", output)
     assert ui is not None, output
     with pytest.raises(OSError):  # the server is gone
