@@ -372,3 +372,20 @@ def test_a_flow_run_being_cancelled_is_told_from_a_plain_interrupt() -> None:
     probe(return_state=True)
     assert seen == [False, True]
     assert not flow_run_cancelled()  # outside a flow run
+
+
+def test_local_mode_can_be_tried_offline_with_the_standins(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """`python -m tests.fakes.standins --run`: the fleet in local mode, through PyGithub and
+    the anthropic SDK, against the loopback stand-ins; every ready issue gets its PR."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.fakes.standins", "--run", "--dir", str(tmp_path)],
+        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "3/3 succeeded" in result.stdout
+    report = json.loads((tmp_path / "workspace" / ".fleet" / "report" / "report.json").read_text())
+    assert sorted(t["pull_request"] for t in report["tasks"]) == [
+        f"https://github.com/demo/widgets/pull/{n}" for n in (4, 5, 6)
+    ]

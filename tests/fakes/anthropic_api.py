@@ -19,7 +19,7 @@ import math
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,9 +158,18 @@ def tool_turn(
 class FakeAnthropic(LoopbackServer):
     """Anthropic Messages API stand-in; `api_key=None` accepts any non-empty key."""
 
-    def __init__(self, script: Iterable[Turn] = (), *, api_key: str | None = "test-key") -> None:
+    def __init__(
+        self,
+        script: Iterable[Turn] = (),
+        *,
+        api_key: str | None = "test-key",
+        responder: Callable[[dict[str, Any]], Turn] | None = None,
+    ) -> None:
+        """`responder`, when given, answers each request (its JSON body) once the script
+        is used up: a stand-in agent that never runs out of turns."""
         super().__init__()
         self.api_key = api_key
+        self.responder = responder
         self._lock = threading.Lock()
         self._script: deque[Turn] = deque(script)
         self._requests: list[Any] = []
@@ -224,11 +233,14 @@ class FakeAnthropic(LoopbackServer):
         return None
 
     def _next_turn(self, body: dict[str, Any], request_id: str) -> Response:
-        if not self._script:
+        if self._script:
+            turn = self._script.popleft()
+        elif self.responder is not None:
+            turn = self.responder(body)
+        else:
             problem = f"FakeAnthropic script exhausted: request {request_id} has no scripted turn"
             headers = {"x-should-retry": "false"}
             return _error(500, "api_error", problem, request_id, headers)
-        turn = self._script.popleft()
         streaming = body.get("stream") is True
         message_id = f"msg_fake_{self._served:04d}"
         if isinstance(turn, AssistantTurn):
