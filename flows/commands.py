@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
 import re
 import resource
@@ -26,12 +27,14 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from flows.rss import RssSampler
+
+log = logging.getLogger(__name__)
 
 KILL_GRACE_SECONDS = 3.0
 TAIL_BYTES = 4096
@@ -60,11 +63,13 @@ class CommandOutcome:
 class RunStop:
     """Stops the commands of one run at once, e.g. when the run is interrupted: those
     running are killed as on a timeout (SIGTERM to the group, SIGKILL after the grace
-    period), none starts after, and `wait` (between retries) returns early."""
+    period), none starts after, and `wait` (between retries) returns early. Other work
+    registers with `on_stop` to be cut short too (a model's reply being streamed)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: set[_Watchdog] = set()
+        self._callbacks: dict[object, Callable[[], None]] = {}  # see `on_stop`
         self._stopped = threading.Event()
         self.reason: str | None = None
 
@@ -75,11 +80,34 @@ class RunStop:
             self.reason = self.reason or reason
             self._stopped.set()
             running = list(self._running)
+            callbacks = list(self._callbacks.values())
         for watchdog in running:
             if again:
                 watchdog.kill_now()
             else:
                 watchdog.interrupt()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # the stop goes on; the work it was for ends some other way
+                log.exception("a stop callback failed")
+
+    @contextlib.contextmanager
+    def on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
+        """While in this block, a stop calls `callback` (in the stopping thread; on every
+        stop), e.g. to cut a network call short; at once if the run is already stopped."""
+        key = object()
+        with self._lock:
+            stopped = self.reason is not None
+            if not stopped:
+                self._callbacks[key] = callback
+        if stopped:
+            callback()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._callbacks.pop(key, None)
 
     def wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if the run is stopped meanwhile."""

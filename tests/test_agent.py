@@ -4,6 +4,7 @@ the task prompt."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import anthropic
 import pytest
 
+from flows.commands import RunStop
 from flows.fleet.agent import (
     ELIDED_RESULT,
     AgentError,
@@ -24,8 +26,9 @@ from flows.fleet.agent import (
 from flows.fleet.claude import ClaudeModel
 from flows.fleet.cost import CostMeter, Price, UnknownModelError, cost_usd, price_for
 from flows.fleet.models import Issue, Usage
+from flows.fleet.simulated import SimulatedModel
 from flows.fleet.tools import Toolbox
-from tests.fakes.anthropic_api import ErrorTurn, FakeAnthropic, text_turn, tool_turn
+from tests.fakes.anthropic_api import ErrorTurn, FakeAnthropic, StallTurn, text_turn, tool_turn
 from tests.fakes.anthropic_api import Usage as FakeUsage
 
 MODEL = "claude-sonnet-4-6"  # $3 in, $15 out, $3.75 cache write, $0.30 cache read per MTok
@@ -54,9 +57,11 @@ def fake() -> Iterator[FakeAnthropic]:
         yield server
 
 
-def claude(fake: FakeAnthropic, api_key: str = "test-key", max_retries: int = 2) -> ClaudeModel:
+def claude(
+    fake: FakeAnthropic, api_key: str = "test-key", max_retries: int = 2, timeout: float = 5.0
+) -> ClaudeModel:
     client = anthropic.Anthropic(
-        base_url=fake.base_url, api_key=api_key, max_retries=max_retries, timeout=5.0
+        base_url=fake.base_url, api_key=api_key, max_retries=max_retries, timeout=timeout
     )
     return ClaudeModel(client, MODEL)
 
@@ -362,6 +367,43 @@ def test_overloaded_then_success_is_retried_by_the_sdk_and_counted_once(
     assert result.ok and result.turns == 1 and len(fake.requests) == 2
     assert meter.calls == 1
     assert result.cost_usd == pytest.approx((1000 * 3 + 100 * 15) / 1_000_000, rel=1e-12)
+
+
+def test_a_stop_cuts_a_reply_being_streamed_short_and_counts_it(
+    fake: FakeAnthropic, toolbox: Toolbox
+) -> None:
+    """Ctrl-C while Claude writes a long reply: the agent stops within moments, not when
+    the reply ends (here: 60 s of silence after it began), and what it used counts."""
+    fake.add(StallTurn(seconds=60, usage=FakeUsage(input_tokens=1000, output_tokens=1)))
+    stop = RunStop()
+    meter = CostMeter()
+    threading.Timer(0.5, stop.stop, args=("interrupted (SIGTERM)",)).start()
+    started = time.monotonic()
+    result = run(claude(fake, max_retries=0, timeout=120), toolbox, meter, stop=stop)
+
+    assert time.monotonic() - started < 5
+    assert not result.ok and result.error == "stopped: interrupted (SIGTERM)"
+    assert len(fake.requests) == 1
+    assert result.cost_usd == pytest.approx((1000 * 3 + 1 * 15) / 1_000_000, rel=1e-12)
+    assert meter.total_usd == result.cost_usd
+
+
+def test_a_stopped_run_makes_no_model_call(toolbox: Toolbox) -> None:
+    stop = RunStop()
+    stop.stop("interrupted (SIGINT)")
+    model = ScriptedModel([final("never asked")])
+    result = run(model, toolbox, CostMeter(), stop=stop)
+    assert result.error == "stopped: interrupted (SIGINT)" and model.calls == []
+
+
+def test_a_stop_ends_a_simulated_agents_work_at_once(toolbox: Toolbox) -> None:
+    issue = Issue(number=7, title="Slow", body="")
+    stop = RunStop()
+    threading.Timer(0.3, stop.stop, args=("interrupted (SIGTERM)",)).start()
+    started = time.monotonic()
+    result = run(SimulatedModel(issue, seconds=120, fail=False), toolbox, CostMeter(), stop=stop)
+    assert time.monotonic() - started < 10
+    assert result.error == "stopped: interrupted (SIGTERM)"
 
 
 def test_transient_error_after_sdk_retries_is_raised(fake: FakeAnthropic, toolbox: Toolbox) -> None:

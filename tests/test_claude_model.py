@@ -9,6 +9,7 @@ from typing import Any
 import anthropic
 import pytest
 
+from flows.commands import RunStop
 from flows.fleet.agent import AgentError, ModelTurn
 from flows.fleet.claude import ClaudeModel
 from flows.fleet.models import Usage
@@ -62,7 +63,7 @@ def claude(
 
 def complete(model: ClaudeModel, max_tokens: int = 1024, messages: list[Any] = HELLO) -> ModelTurn:
     return model.complete(system="You fix issues.", messages=messages, tools=[],
-                          max_tokens=max_tokens)  # fmt: skip
+                          max_tokens=max_tokens, stop=RunStop())  # fmt: skip
 
 
 def error_of(model: ClaudeModel, max_tokens: int = 1024) -> AgentError:

@@ -251,6 +251,32 @@ def test_a_run_stopped_again_kills_at_once(tmp_path: Path) -> None:
     assert wait_until_gone(grandchild)
 
 
+def test_stop_callbacks_run_on_each_stop_inside_their_block_only() -> None:
+    stop = RunStop()
+    calls: list[str] = []
+    with stop.on_stop(lambda: calls.append("inside")):
+        pass
+    with stop.on_stop(lambda: calls.append("during")):
+        stop.stop("interrupted (SIGINT)")
+        stop.stop("interrupted (SIGINT)")  # again: a second Ctrl-C
+    stop.stop("interrupted (SIGINT)")  # after the block: not called
+    assert calls == ["during", "during"]
+    with stop.on_stop(lambda: calls.append("already stopped")):
+        assert calls[-1] == "already stopped"  # called on entry
+
+
+def test_a_failing_stop_callback_does_not_stop_the_stop(tmp_path: Path) -> None:
+    stop = RunStop()
+
+    def broken() -> None:
+        raise RuntimeError("broken callback")
+
+    calls: list[str] = []
+    with stop.on_stop(broken), stop.on_stop(lambda: calls.append("next")):
+        stop.stop("interrupted (SIGTERM)")
+    assert calls == ["next"] and stop.reason == "interrupted (SIGTERM)"
+
+
 def test_missing_executable_is_reported_not_raised(tmp_path: Path) -> None:
     outcome = run_command(["/nonexistent/tool"], cwd=tmp_path, env=os.environ, timeout=5,
                           log_path=tmp_path / "log")  # fmt: skip

@@ -241,7 +241,7 @@ def test_killed_worker_crashes_its_run_and_the_issue_is_redone(
 def test_a_cancelled_run_stops_its_agent_and_fails_its_issue(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """Cancelled in the UI: the run's agent stops before its next turn, and the issue is
+    """Cancelled in the UI: the run's agent stops at once, and the issue is
     failed with a comment, neither left in progress nor queued for the next poll."""
     workspace = tmp_path / "ws"
     ensure_remote(workspace)

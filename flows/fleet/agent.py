@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from flows.commands import RunStop
 from flows.fleet.cost import CostMeter
 from flows.fleet.models import AgentResult, Issue, Usage
 from flows.fleet.tools import Toolbox
@@ -78,11 +79,20 @@ class AgentError(Exception):
 
 class Model(Protocol):
     def complete(
-        self, *, system: str, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int
-    ) -> ModelTurn: ...
+        self,
+        *,
+        system: str,
+        messages: list[Message],
+        tools: list[dict[str, Any]],
+        max_tokens: int,
+        stop: RunStop,
+    ) -> ModelTurn:
+        """The model's next turn. A stop of the run may end the call early, with an
+        AgentError (see `RunStop.on_stop`)."""
+        ...
 
 
-# ----- Claude over the Messages API --------------------------------------------------------
+# ----- a scripted model ----------------------------------------------------------------------
 
 
 class ScriptExhaustedError(RuntimeError):
@@ -98,7 +108,13 @@ class ScriptedModel:
         self.calls: list[dict[str, Any]] = []
 
     def complete(
-        self, *, system: str, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int
+        self,
+        *,
+        system: str,
+        messages: list[Message],
+        tools: list[dict[str, Any]],
+        max_tokens: int,
+        stop: RunStop,
     ) -> ModelTurn:
         request = {"system": system, "messages": messages, "tools": tools, "max_tokens": max_tokens}
         self.calls.append(copy.deepcopy(request))
@@ -144,7 +160,7 @@ def run_agent(
     meter: CostMeter,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     on_turn: Callable[[int], None] | None = None,
-    stopped: Callable[[], str | None] = lambda: None,
+    stop: RunStop | None = None,
 ) -> AgentResult:
     """Let the model work on `task_prompt` with the toolbox's tools until it ends its turn.
 
@@ -153,9 +169,10 @@ def run_agent(
     nothing more is spent), or on a permanent model error. A transient model error is
     raised (see the module docstring). Raises UnknownModelError before any call when
     `model_name` has no price. `on_turn(turns)` is called after every model call (a
-    heartbeat for status displays). `stopped()`, asked before every call, says why the
-    run was stopped, if it was: the agent then stops there, with ok=False.
+    heartbeat for status displays). A `stop` of the run stops the agent with ok=False
+    before its next call, or during one: a reply being streamed is cut short (and counted).
     """
+    stop = stop or RunStop()
     meter.price(model_name)
     messages: list[Message] = [{"role": "user", "content": task_prompt}]
     tools = toolbox.schemas()
@@ -164,17 +181,19 @@ def run_agent(
         return progress.result(False, error="budget exceeded: none of it left for this attempt")
     cut_text: list[str] = []  # what replies cut at max_tokens said, before their sequel
     while True:
-        if reason := stopped():
-            return progress.result(False, error=f"stopped: {reason}")
+        if stop.reason is not None:
+            return progress.result(False, error=f"stopped: {stop.reason}")
         _elide_old_tool_results(messages, HISTORY_BUDGET_CHARS)
         try:
             turn = model.complete(
-                system=system, messages=messages, tools=tools, max_tokens=max_tokens
+                system=system, messages=messages, tools=tools, max_tokens=max_tokens, stop=stop
             )
         except AgentError as exc:
             if exc.usage is not None:  # a reply that broke off counts all the same
                 progress.usage = progress.usage + exc.usage
                 progress.cost_usd += meter.add(model_name, exc.usage)
+            if stop.reason is not None:  # the stop cut the call short
+                return progress.result(False, error=f"stopped: {stop.reason}")
             if exc.transient:
                 raise
             return progress.result(False, error=str(exc))

@@ -3,7 +3,10 @@ of the agent loop. Kept apart so that the loop (and test mode) never imports the
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import socket
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -12,6 +15,7 @@ import httpx2
 from anthropic.lib.streaming import MessageStream, ParsedMessageStreamEvent
 from anthropic.types import Message as Reply
 
+from flows.commands import RunStop
 from flows.fleet.agent import AgentError, Block, ErrorKind, Message, ModelTurn
 from flows.fleet.models import Usage
 
@@ -39,6 +43,9 @@ class ClaudeModel:
     non-streaming request that may take over 10 minutes), so no connection sits idle while
     Claude writes; the SDK retries the request until the stream starts, not after.
 
+    A stop of the run cuts a reply being streamed short (`_cut`); what it used so far is
+    counted all the same.
+
     With `prompt_cache`, the tools and system prompt and the conversation so far are marked
     for the 5-minute prompt cache, so each turn pays the cache-read rate for its history.
     """
@@ -54,20 +61,29 @@ class ClaudeModel:
         return f"ClaudeModel({self.model!r})"
 
     def complete(
-        self, *, system: str, messages: list[Message], tools: list[dict[str, Any]], max_tokens: int
+        self,
+        *,
+        system: str,
+        messages: list[Message],
+        tools: list[dict[str, Any]],
+        max_tokens: int,
+        stop: RunStop,
     ) -> ModelTurn:
         cache = self.prompt_cache
         secrets = [s for s in (self._client.api_key, self._client.auth_token) if s]
         stream: MessageStream | None = None
         written = _Written()
         try:
-            with self._client.messages.stream(
-                model=self.model,
-                max_tokens=max_tokens,
-                system=cast(Any, _cached_system(system) if cache else system),
-                messages=cast(Any, _cached_messages(messages) if cache else messages),
-                tools=cast(Any, tools),
-            ) as stream:
+            with (
+                self._client.messages.stream(
+                    model=self.model,
+                    max_tokens=max_tokens,
+                    system=cast(Any, _cached_system(system) if cache else system),
+                    messages=cast(Any, _cached_messages(messages) if cache else messages),
+                    tools=cast(Any, tools),
+                ) as stream,
+                stop.on_stop(functools.partial(_cut, stream)),
+            ):
                 for event in stream:
                     written.add(event)
                 reply = stream.get_final_message()  # AssertionError: the stream had no message
@@ -91,6 +107,18 @@ class ClaudeModel:
             stop_reason=reply.stop_reason,
             usage=_usage_of(reply),
         )
+
+
+def _cut(stream: MessageStream) -> None:
+    """End a reply being streamed, from another thread (a stop of the run). Closing the
+    response would not wake a read waiting for the next bytes; shutting its socket down
+    does, and the reading thread then fails with a transport error. A request still being
+    sent (or retried by the SDK) is not cut: it ends first."""
+    network = stream.response.extensions.get("network_stream")
+    connection = network.get_extra_info("socket") if network is not None else None
+    if isinstance(connection, socket.socket):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            connection.shutdown(socket.SHUT_RDWR)
 
 
 def _usage_of(reply: Reply) -> Usage:

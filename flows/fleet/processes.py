@@ -16,7 +16,7 @@ issue's heartbeats (relayed to the leader's observers) and its result.
 
 Closing tells the children to take no more issues; they finish those they hold (as the
 leader's threads would), then exit. `stop` stops their issues as the leader's own (an
-interrupted run): agents before their next turn, commands killed. A child that dies fails
+interrupted run): agents cut short, commands killed. A child that dies fails
 only the issues it held; a leader that dies takes its children with it (they see its pipe
 close), as it would its threads.
 """

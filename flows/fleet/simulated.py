@@ -4,8 +4,8 @@ tools, takes `seconds`, and fails for a deterministic share of issues."""
 from __future__ import annotations
 
 import random
-import time
 
+from flows.commands import RunStop
 from flows.fleet.agent import AgentError, Message, ModelTurn
 from flows.fleet.models import Issue, Usage
 
@@ -28,10 +28,12 @@ class SimulatedModel:
 
     def complete(
         self, *, system: str, messages: list[Message], tools: list[dict[str, object]],
-        max_tokens: int,
+        max_tokens: int, stop: RunStop,
     ) -> ModelTurn:  # fmt: skip
         self._turn += 1
-        time.sleep(self._seconds / 2)
+        stop.wait(self._seconds / 2)  # a stop of the run ends the "thinking" at once
+        if stop.reason is not None:
+            raise AgentError("permanent", f"stopped: {stop.reason}")
         if self._fail:
             raise AgentError("permanent", f"simulated agent failure on issue #{self._issue.number}")
         if self._turn == 1:

@@ -67,7 +67,7 @@ class FleetContext:
     sleep: Callable[[float], None] | None = None  # between retries; default: `stop.wait`
     # (worker, activity, cost of the issue so far): what status displays show live
     heartbeat: Callable[[str, str, float], None] = field(default=lambda *_: None)
-    # the run was interrupted: agents stop before their next turn, commands are killed
+    # the run was interrupted: agents stop (a model call is cut short), commands are killed
     stop: RunStop = field(default_factory=RunStop)
 
     @property
@@ -230,7 +230,7 @@ def _run_agent_with_retries(
                 budget_usd=max(0.0, settings.budget_usd_per_issue - meter.total_usd),
                 model_name=settings.model, meter=meter, max_tokens=settings.max_tokens,
                 on_turn=lambda turns: run.beat(f"agent turn {turns}"),
-                stopped=lambda: ctx.stop.reason,
+                stop=ctx.stop,
             )  # fmt: skip
         except AgentError as exc:  # transient: the SDK already retried the call itself
             if retry == settings.max_agent_retries:

@@ -7,6 +7,7 @@ holds the shared server plumbing; the fakes live in `github_api` and `anthropic_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -37,11 +38,13 @@ class Request:
 @dataclass(frozen=True)
 class RawBody:
     """A response body sent as is, not as JSON (an event stream); `missing` more bytes are
-    promised in Content-Length but never sent: the connection closes instead."""
+    promised in Content-Length but never sent: the connection closes instead, at once or
+    when the client hangs up (waited for at most `hold_s`)."""
 
     data: bytes
     content_type: str
     missing: int = 0
+    hold_s: float = 0.0
 
 
 @dataclass
@@ -162,6 +165,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(raw.data)
         if raw.missing:
             self.close_connection = True
+        if raw.hold_s:
+            self.wfile.flush()
+            self.connection.settimeout(raw.hold_s)
+            with contextlib.suppress(OSError):
+                self.rfile.read(1)  # b"" as soon as the client hangs up
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

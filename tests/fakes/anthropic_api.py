@@ -116,7 +116,16 @@ class DisconnectTurn:
     usage: Usage = field(default_factory=lambda: Usage(output_tokens=1))  # at message_start
 
 
-Turn = AssistantTurn | ErrorTurn | DisconnectTurn
+@dataclass(frozen=True)
+class StallTurn:
+    """A stream that begins (message_start), then sends nothing more until the client
+    hangs up or `seconds` pass, and closes: a reply the client has to cut short."""
+
+    seconds: float = 30.0
+    usage: Usage = field(default_factory=lambda: Usage(output_tokens=1))  # at message_start
+
+
+Turn = AssistantTurn | ErrorTurn | DisconnectTurn | StallTurn
 
 
 def text_block(text: str) -> dict[str, Any]:
@@ -258,7 +267,8 @@ class FakeAnthropic(LoopbackServer):
             error = {"type": "error", "error": turn.error, "request_id": request_id}
             return _event_stream([*_start_events(started), _sse("error", error)], request_id)
         if streaming:
-            return _event_stream(_start_events(started), request_id, missing=1000)
+            hold_s = turn.seconds if isinstance(turn, StallTurn) else 0.0
+            return _event_stream(_start_events(started), request_id, missing=1000, hold_s=hold_s)
         data = json.dumps(started).encode()
         half = len(data) // 2
         cut = RawBody(data[:half], "application/json", missing=len(data) - half)
@@ -418,6 +428,8 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps({'type': event, **data})}\n\n".encode()
 
 
-def _event_stream(events: list[bytes], request_id: str, *, missing: int = 0) -> Response:
-    body = RawBody(b"".join(events), "text/event-stream; charset=utf-8", missing)
+def _event_stream(
+    events: list[bytes], request_id: str, *, missing: int = 0, hold_s: float = 0.0
+) -> Response:
+    body = RawBody(b"".join(events), "text/event-stream; charset=utf-8", missing, hold_s)
     return Response(200, body, {"request-id": request_id})
