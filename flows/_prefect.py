@@ -495,17 +495,6 @@ def require_api(purpose: str) -> None:
     check_api_reachable()
 
 
-# The server's task-run recorder writes each task-run event in a transaction of its own
-# by default; a run of a thousand units sends about four thousand. Batched, the server
-# spends half the CPU on them (benchmarks: 18 -> 8 ms a task run) and a task run shows in
-# the UI up to a second later. Prefect reads the interval as whole seconds (0 would make
-# the recorder spin). Variables set in the environment win.
-SERVER_TUNING = {
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
-}
-
-
 @contextlib.contextmanager
 def local_server(
     home: Path | None = None, startup_timeout: float = 120.0, database_url: str | None = None
@@ -516,12 +505,10 @@ def local_server(
     stopped only after everything this process sent has been recorded (see
     `wait_until_recorded`), so no task run or artifact is lost at exit. History lives in
     PREFECT_HOME's database (or `database_url`, e.g. postgresql+asyncpg://...), so
-    `prefect server start` shows it later. Task runs are recorded in batches
-    (`SERVER_TUNING`).
+    `prefect server start` shows it later.
     """
     port = _free_port()
-    env = {**SERVER_TUNING, **os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": ""}  # fmt: skip
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     if database_url is not None:

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -143,23 +142,6 @@ def test_deploy_to_a_missing_work_pool_fails_clearly(tmp_path: Path) -> None:
         )  # fmt: skip
     assert deploy.returncode != 0
     assert "local-process" in deploy.stdout + deploy.stderr
-
-
-def recorder_settings(api_url: str) -> dict[str, object]:
-    settings = httpx.get(f"{api_url}/admin/settings", timeout=30).json()
-    return settings["server"]["services"]["task_run_recorder"]  # type: ignore[no-any-return]
-
-
-def test_local_server_records_task_runs_in_batches(
-    prefect_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The server the CLI starts batches task-run events; a user's setting wins."""
-    recorder = recorder_settings(prefect_server)
-    assert (recorder["batch_size"], recorder["flush_interval"]) == (100, 1.0)
-    monkeypatch.setenv("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "7")
-    with local_server(home=tmp_path / "home") as url:
-        recorder = recorder_settings(f"{url}/api")
-    assert (recorder["batch_size"], recorder["flush_interval"]) == (7, 1.0)
 
 
 def test_commands_needing_a_server_say_so(tmp_path: Path) -> None:
