@@ -69,7 +69,7 @@ class RunStop:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: set[_Watchdog] = set()
-        self._callbacks: dict[object, Callable[[], None]] = {}  # see `on_stop`
+        self._callbacks: set[_StopCallback] = set()  # see `on_stop`
         self._stopped = threading.Event()
         self.reason: str | None = None
 
@@ -80,34 +80,33 @@ class RunStop:
             self.reason = self.reason or reason
             self._stopped.set()
             running = list(self._running)
-            callbacks = list(self._callbacks.values())
+            callbacks = list(self._callbacks)
         for watchdog in running:
             if again:
                 watchdog.kill_now()
             else:
                 watchdog.interrupt()
         for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # the stop goes on; the work it was for ends some other way
-                log.exception("a stop callback failed")
+            callback.call()
 
     @contextlib.contextmanager
     def on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
         """While in this block, a stop calls `callback` (in the stopping thread; on every
-        stop), e.g. to cut a network call short; at once if the run is already stopped."""
-        key = object()
+        stop), e.g. to cut a network call short; at once if the run is already stopped.
+        Never after the block: its exit waits for a call under way, so the callback cannot
+        touch what the block has handed on meanwhile (a pooled connection, say)."""
+        registration = _StopCallback(callback)
         with self._lock:
             stopped = self.reason is not None
-            if not stopped:
-                self._callbacks[key] = callback
+            self._callbacks.add(registration)
         if stopped:
-            callback()
+            registration.call()
         try:
             yield
         finally:
+            registration.retire()
             with self._lock:
-                self._callbacks.pop(key, None)
+                self._callbacks.discard(registration)
 
     def wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if the run is stopped meanwhile."""
@@ -123,6 +122,28 @@ class RunStop:
     def _untrack(self, watchdog: _Watchdog) -> None:
         with self._lock:
             self._running.discard(watchdog)
+
+
+class _StopCallback:
+    """A callback of `RunStop.on_stop`, callable until its block has ended."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._retired = False
+
+    def call(self) -> None:
+        with self._lock:
+            if self._retired:
+                return
+            try:
+                self._callback()
+            except Exception:  # the stop goes on; the work it was for ends some other way
+                log.exception("a stop callback failed")
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
 
 
 # Words the shell passes on unchanged (no quotes, expansions, globs, redirections or

@@ -265,6 +265,28 @@ def test_stop_callbacks_run_on_each_stop_inside_their_block_only() -> None:
         assert calls[-1] == "already stopped"  # called on entry
 
 
+def test_a_block_ends_only_after_its_stop_callback_has_run() -> None:
+    """A stop that calls back as the block ends: the block waits for the call, so nothing
+    the callback touches (a connection) is handed on while it runs."""
+    stop = RunStop()
+    called = threading.Event()
+    events: list[str] = []
+
+    def slow_callback() -> None:
+        called.set()
+        time.sleep(0.3)
+        events.append("callback done")
+
+    with stop.on_stop(slow_callback):
+        stopper = threading.Thread(target=stop.stop, args=("interrupted (SIGTERM)",))
+        stopper.start()
+        assert called.wait(5)
+    events.append("block ended")
+    stopper.join()
+    stop.stop("interrupted (SIGTERM)")  # again, after the block: no call
+    assert events == ["callback done", "block ended"]
+
+
 def test_a_failing_stop_callback_does_not_stop_the_stop(tmp_path: Path) -> None:
     stop = RunStop()
 
