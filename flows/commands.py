@@ -93,8 +93,8 @@ class RunStop:
     def on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
         """While in this block, a stop calls `callback` (in the stopping thread; on every
         stop), e.g. to cut a network call short; at once if the run is already stopped.
-        Never after the block: its exit waits for a call under way, so the callback cannot
-        touch what the block has handed on meanwhile (a pooled connection, say)."""
+        Never after the block ends (its exit waits for a call under way): what the work
+        hands on after the block (its connection, say) is safe from the callback."""
         registration = _StopCallback(callback)
         with self._lock:
             stopped = self.reason is not None

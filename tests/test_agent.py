@@ -3,6 +3,7 @@ the task prompt."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import anthropic
 import pytest
+import trustme
 
 from flows.commands import RunStop
 from flows.fleet.agent import (
@@ -369,23 +371,69 @@ def test_overloaded_then_success_is_retried_by_the_sdk_and_counted_once(
     assert result.cost_usd == pytest.approx((1000 * 3 + 100 * 15) / 1_000_000, rel=1e-12)
 
 
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1 from a throwaway CA, and a client
+    context that trusts that CA."""
+    authority = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    authority.configure_trust(client)
+    return server, client
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_stop_cuts_a_reply_being_streamed_short_and_counts_it(
-    fake: FakeAnthropic, toolbox: Toolbox
+    toolbox: Toolbox, scheme: str
 ) -> None:
     """Ctrl-C while Claude writes a long reply: the agent stops within moments, not when
-    the reply ends (here: 60 s of silence after it began), and what it used counts."""
-    fake.add(StallTurn(seconds=60, usage=FakeUsage(input_tokens=1000, output_tokens=1)))
-    stop = RunStop()
-    meter = CostMeter()
-    threading.Timer(0.5, stop.stop, args=("interrupted (SIGTERM)",)).start()
-    started = time.monotonic()
-    result = run(claude(fake, max_retries=0, timeout=120), toolbox, meter, stop=stop)
+    the reply ends (here: 60 s of silence after it began), and what it used counts; over
+    TLS too (the real API), where the cut must not tear the TLS layer from under the read."""
+    server_tls, client_tls = tls_contexts() if scheme == "https" else (None, None)
+    with FakeAnthropic(tls=server_tls) as fake:
+        fake.add(StallTurn(seconds=60, usage=FakeUsage(input_tokens=1000, output_tokens=1)))
+        client = anthropic.Anthropic(
+            base_url=fake.base_url, api_key="test-key", max_retries=0, timeout=120,
+            http_client=anthropic.DefaultHttpxClient(verify=client_tls or True),
+        )  # fmt: skip
+        stop = RunStop()
+        meter = CostMeter()
+        threading.Timer(0.5, stop.stop, args=("interrupted (SIGTERM)",)).start()
+        started = time.monotonic()
+        with client:
+            result = run(ClaudeModel(client, MODEL), toolbox, meter, stop=stop)
 
+    assert fake.base_url.startswith(f"{scheme}://")
     assert time.monotonic() - started < 5
     assert not result.ok and result.error == "stopped: interrupted (SIGTERM)"
     assert len(fake.requests) == 1
     assert result.cost_usd == pytest.approx((1000 * 3 + 1 * 15) / 1_000_000, rel=1e-12)
     assert meter.total_usd == result.cost_usd
+
+
+def test_a_reply_cut_as_it_begins_over_tls_still_counts(toolbox: Toolbox) -> None:
+    """The stop comes while the request is under way: the reply is cut as soon as it
+    begins. Its first event, already received, still counts: the cut leaves the TLS layer
+    to the read (dropping it, the read would take the encrypted bytes for the reply)."""
+    server_tls, client_tls = tls_contexts()
+    stop = RunStop()
+
+    def stop_once_the_reply_began(response: Any) -> None:  # its headers are in
+        time.sleep(0.2)  # and by now its first event, sent right after them, too
+        stop.stop("interrupted (SIGTERM)")
+
+    meter = CostMeter()
+    with FakeAnthropic(tls=server_tls) as fake:
+        fake.add(StallTurn(seconds=60, usage=FakeUsage(input_tokens=1000, output_tokens=1)))
+        http = anthropic.DefaultHttpxClient(
+            verify=client_tls, event_hooks={"response": [stop_once_the_reply_began]}
+        )
+        with anthropic.Anthropic(base_url=fake.base_url, api_key="test-key", max_retries=0,
+                                 timeout=120, http_client=http) as client:  # fmt: skip
+            result = run(ClaudeModel(client, MODEL), toolbox, meter, stop=stop)
+
+    assert result.error == "stopped: interrupted (SIGTERM)"
+    assert result.cost_usd == pytest.approx((1000 * 3 + 1 * 15) / 1_000_000, rel=1e-12)
 
 
 def test_a_stopped_run_makes_no_model_call(toolbox: Toolbox) -> None:

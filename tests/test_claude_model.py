@@ -3,11 +3,14 @@ and reply, and which errors are worth a later attempt."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import pytest
+from anthropic.lib.streaming import MessageStream
 
 from flows.commands import RunStop
 from flows.fleet.agent import AgentError, ModelTurn
@@ -18,6 +21,7 @@ from tests.fakes.anthropic_api import (
     DisconnectTurn,
     ErrorTurn,
     FakeAnthropic,
+    StallTurn,
     text_turn,
     tool_turn,
 )
@@ -275,3 +279,41 @@ def test_a_reply_cut_inside_a_tool_call_counts_the_input_it_sent(
     error = error_of(claude(fake, clients, timeout=5.0))
 
     assert error.usage is not None and 9_990 <= error.usage.output_tokens <= 10_020
+
+
+def test_a_stop_never_cuts_a_connection_the_reply_handed_on(
+    fake: FakeAnthropic, clients: list[anthropic.Anthropic], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A's reply is read to its end, which hands its connection back to the client's
+    pool; B, on the same client, takes it. A stop of run A from then on must not cut B."""
+    fake.add(text_turn("A's reply"), StallTurn(seconds=3))
+    model = claude(fake, clients, max_retries=0, timeout=30)
+    stop_a, stop_b = RunStop(), RunStop()
+    times: dict[str, float] = {}
+
+    def run_b() -> None:
+        try:
+            model.complete(system="s", messages=HELLO, tools=[], max_tokens=100, stop=stop_b)
+        except AgentError:  # its stream stalls, then breaks off
+            times["b ended"] = time.monotonic()
+
+    final_message = MessageStream.get_final_message
+
+    def with_b_started(stream: MessageStream) -> Any:
+        """A, its reply read: B starts streaming, then run A is stopped."""
+        if "a stopped" not in times:
+            b = threading.Thread(target=run_b)
+            b.start()
+            while len(fake.requests) < 2:
+                time.sleep(0.01)
+            time.sleep(0.3)  # B streams, on A's connection if A handed it back already
+            times["a stopped"] = time.monotonic()
+            stop_a.stop("interrupted (SIGTERM)")
+            b.join(15)
+        return final_message(stream)
+
+    monkeypatch.setattr(MessageStream, "get_final_message", with_b_started)
+    turn = model.complete(system="s", messages=HELLO, tools=[], max_tokens=100, stop=stop_a)
+
+    assert turn.content == [{"type": "text", "text": "A's reply"}]
+    assert times["b ended"] - times["a stopped"] > 2, "run A's stop cut B's reply short"

@@ -74,18 +74,18 @@ class ClaudeModel:
         stream: MessageStream | None = None
         written = _Written()
         try:
-            with (
-                self._client.messages.stream(
-                    model=self.model,
-                    max_tokens=max_tokens,
-                    system=cast(Any, _cached_system(system) if cache else system),
-                    messages=cast(Any, _cached_messages(messages) if cache else messages),
-                    tools=cast(Any, tools),
-                ) as stream,
-                stop.on_stop(functools.partial(_cut, stream)),
-            ):
-                for event in stream:
-                    written.add(event)
+            with self._client.messages.stream(
+                model=self.model,
+                max_tokens=max_tokens,
+                system=cast(Any, _cached_system(system) if cache else system),
+                messages=cast(Any, _cached_messages(messages) if cache else messages),
+                tools=cast(Any, tools),
+            ) as stream:
+                with stop.on_stop(functools.partial(_cut, stream)):
+                    for event in stream:
+                        written.add(event)
+                        if event.type == "message_stop":
+                            break  # the stream's end is read after the block: see _cut
                 reply = stream.get_final_message()  # AssertionError: the stream had no message
         except anthropic.AnthropicError as exc:
             raise agent_error(exc, secrets, written.usage_so_far(stream)) from None
@@ -110,15 +110,23 @@ class ClaudeModel:
 
 
 def _cut(stream: MessageStream) -> None:
-    """End a reply being streamed, from another thread (a stop of the run). Closing the
-    response would not wake a read waiting for the next bytes; shutting its socket down
-    does, and the reading thread then fails with a transport error. A request still being
-    sent (or retried by the SDK) is not cut: it ends first."""
+    """End a reply being streamed, from another thread (a stop of the run).
+
+    Closing the response would not wake a read waiting for the next bytes; shutting its
+    socket down does, and the reading thread then fails with a transport error. Shut down
+    as a plain socket: `SSLSocket.shutdown` would also drop the TLS layer under the reader,
+    which would then take encrypted bytes for the reply (and lose its usage).
+
+    The connection is the reply's own while this can be called: at `message_stop` the
+    `on_stop` block ends before the stream's last read, which hands the connection back to
+    the client's pool. (A reply that breaks off without one hands it back inside the block;
+    a client is never shared between runs.) A request still being sent (or retried by the
+    SDK) is not cut: it ends first."""
     network = stream.response.extensions.get("network_stream")
     connection = network.get_extra_info("socket") if network is not None else None
     if isinstance(connection, socket.socket):
         with contextlib.suppress(OSError):  # closed meanwhile
-            connection.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(connection, socket.SHUT_RDWR)
 
 
 def _usage_of(reply: Reply) -> Usage:

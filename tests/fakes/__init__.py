@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,16 +58,19 @@ class Response:
 
 
 class LoopbackServer:
-    """Serve `handle()` over HTTP on 127.0.0.1 from a daemon thread; use as a context manager."""
+    """Serve `handle()` over HTTP on 127.0.0.1 from a daemon thread; use as a context manager.
+    With `tls` (a server-side SSL context), over HTTPS."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._base_url: str | None = None
 
     @property
     def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`; stays readable after `stop()` for post-mortem inspection."""
+        """`http(s)://127.0.0.1:<port>`; stays readable after `stop()` for post-mortem
+        inspection."""
         if self._base_url is None:
             raise RuntimeError(f"{type(self).__name__} was never started")
         return self._base_url
@@ -76,8 +80,10 @@ class LoopbackServer:
         if self._httpd is not None:
             return self
         self._httpd = _HTTPServer(self)
+        if self._tls is not None:
+            self._httpd.socket = self._tls.wrap_socket(self._httpd.socket, server_side=True)
         host, port = self._httpd.server_address[:2]
-        self._base_url = f"http://{host!s}:{port}"
+        self._base_url = f"{'https' if self._tls else 'http'}://{host!s}:{port}"
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": POLL_SECONDS},

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import threading
 import uuid
 from collections import deque
@@ -173,10 +174,11 @@ class FakeAnthropic(LoopbackServer):
         *,
         api_key: str | None = "test-key",
         responder: Callable[[dict[str, Any]], Turn] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """`responder`, when given, answers each request (its JSON body) once the script
-        is used up: a stand-in agent that never runs out of turns."""
-        super().__init__()
+        is used up: a stand-in agent that never runs out of turns. `tls`: serve HTTPS."""
+        super().__init__(tls)
         self.api_key = api_key
         self.responder = responder
         self._lock = threading.Lock()
