@@ -2,7 +2,9 @@
 timeout that kills the whole process group, output to a log file, exact timings.
 
 The child gets its own session (process group). The parent blocks in `os.waitpid`, which
-returns the instant the child exits (Popen.wait with a timeout polls, adding latency). A
+returns the instant the child exits (Popen.wait with a timeout polls, adding latency); the
+main thread waits on a pidfd instead, in slices, so Ctrl-C is never held up (see
+flows/interrupts.py). A
 timer thread enforces the timeout: SIGTERM to the group, then SIGKILL after a grace
 period. Stragglers left in the group after the main child exits are killed too, so
 nothing a task started outlives it, short of a process that leaves the group on purpose
@@ -22,6 +24,7 @@ import logging
 import os
 import re
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flows.interrupts import SIGNAL_CHECK_S
 from flows.rss import RssSampler
 
 log = logging.getLogger(__name__)
@@ -248,7 +252,7 @@ def run_command(
         watchdog = _Watchdog(process.pid, timeout, kill_grace)
         if stop is not None:
             stop._track(watchdog)
-        _, status = os.waitpid(process.pid, 0)
+        status = _wait_for_exit(process.pid)
     except BaseException:  # nothing it started may outlive the run that gives up on it
         _end_group(process.pid, kill_grace)
         raise
@@ -277,6 +281,24 @@ def run_command(
         peak_rss_mb=peak_rss_mb,
         interrupted=interrupted,
     )
+
+
+def _wait_for_exit(pid: int) -> int:
+    """The child's wait status, the instant it exits. The main thread waits in slices (on
+    a pidfd), so that a signal's handler is not kept waiting until the command ends (see
+    flows/interrupts.py); other threads block in waitpid."""
+    if threading.current_thread() is threading.main_thread():
+        try:
+            exited = os.pidfd_open(pid)
+        except OSError:  # a kernel without pidfds (before Linux 5.3)
+            pass
+        else:
+            try:
+                while not select.select([exited], [], [], SIGNAL_CHECK_S)[0]:
+                    pass
+            finally:
+                os.close(exited)
+    return os.waitpid(pid, 0)[1]
 
 
 def _end_group(pid: int, grace: float) -> None:

@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from flows.interrupts import result_of
 from flows.report import TierTiming, UnitResult
 
 
@@ -172,7 +173,7 @@ class Scheduler(Generic[U, R]):
                 if pending is not None:
                     handling, pending = pending, None
                     self._interrupted(handling, halt)
-                return outcome.result()
+                return result_of(outcome)  # in slices: the interrupt lands in this wait
             except BaseException as exc:
                 if outcome.done() or isinstance(exc, Exception):
                     raise  # what broke the run (a callback), raised in the scheduler thread

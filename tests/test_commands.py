@@ -230,6 +230,33 @@ def test_an_interrupted_wait_kills_the_command_before_raising(
     assert wait_until_gone(int(pid_file.read_text()))
 
 
+def test_ctrl_c_given_to_another_thread_still_stops_a_command_of_the_main_thread(
+    tmp_path: Path,
+) -> None:
+    """The kernel may hand a process's signal to any thread, and Python runs its handler in
+    the main thread only when that thread runs Python: a main thread waiting for its
+    command must still get there at once, not when the command ends (a long setup)."""
+    pid_file = tmp_path / "command.pid"
+    bystander = threading.Thread(target=time.sleep, args=(5,))
+    bystander.start()
+
+    def interrupt_the_bystander() -> None:
+        wait_for_file(pid_file)
+        assert bystander.ident is not None
+        signal.pthread_kill(bystander.ident, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_the_bystander)
+    interrupter.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_command(f"echo $$ > {pid_file}; exec sleep 60", cwd=tmp_path, env=os.environ,
+                    timeout=600, log_path=tmp_path / "log", kill_grace=1)  # fmt: skip
+    interrupter.join()
+    assert time.monotonic() - started < 10
+    assert wait_until_gone(int(pid_file.read_text()))
+    bystander.join()
+
+
 def test_a_run_stopped_again_kills_at_once(tmp_path: Path) -> None:
     """A second stop (a second Ctrl-C) does not wait out the SIGTERM grace period."""
     pid_file = tmp_path / "grandchild.pid"

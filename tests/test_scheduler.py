@@ -309,6 +309,45 @@ def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller(
         assert statuses[name] == ("skipped", "interrupted (SIGINT)")
 
 
+def test_an_interrupt_given_to_another_thread_is_handled_at_once() -> None:
+    """The kernel may hand a process's signal to any thread, and Python runs its handler in
+    the main thread only when that thread runs Python: the scheduler's wait must not hold
+    it up until the units end."""
+    stopped = threading.Event()
+    unit_threads: list[int] = []
+
+    def stoppable(unit: Unit, worker: str) -> UnitResult:
+        unit_threads.append(threading.get_ident())
+        begun = datetime.now(UTC)
+        halted = stopped.wait(60)
+        return UnitResult(
+            name=unit.name, priority=unit.priority, status="failed" if halted else "succeeded",
+            attempts=1, started_at=begun, ended_at=datetime.now(UTC), worker=worker,
+        )  # fmt: skip
+
+    def interrupt_a_unit_thread() -> None:
+        while not unit_threads:
+            time.sleep(0.01)
+        signal.pthread_kill(unit_threads[0], signal.SIGINT)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
+            submit=lambda unit, worker, report: pool.submit(stoppable, unit, worker),
+            skipped=skipped,
+            crashed=crashed,
+            max_parallel=1,
+            on_interrupt=lambda reason: stopped.set(),
+        )  # fmt: skip
+        interrupter = threading.Thread(target=interrupt_a_unit_thread)
+        interrupter.start()
+        began = time.monotonic()
+        results, _ = scheduler.run(build_tiers([Unit("a0", 1), Unit("a1", 1)]))
+        interrupter.join()
+    assert time.monotonic() - began < 10
+    assert isinstance(scheduler.interruption, KeyboardInterrupt)
+    assert [r.status for r in results] == ["failed", "skipped"]
+
+
 def test_what_breaks_the_scheduler_thread_is_raised_not_taken_for_an_interrupt() -> None:
     class Exits:
         def run_started(self, flow_run_id: str | None) -> None:
