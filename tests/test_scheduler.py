@@ -254,6 +254,16 @@ def test_a_broken_observer_fails_the_run_instead_of_hanging_it(broken_hook: str)
             scheduler.run(build_tiers(units))
 
 
+def wait_for_stop(stopped: threading.Event, unit: Unit, worker: str) -> UnitResult:
+    """A unit that runs until `stopped` is set (failed then) or 60 s pass (succeeded)."""
+    begun = datetime.now(UTC)
+    halted = stopped.wait(60)
+    return UnitResult(
+        name=unit.name, priority=unit.priority, status="failed" if halted else "succeeded",
+        attempts=1, started_at=begun, ended_at=datetime.now(UTC), worker=worker,
+    )  # fmt: skip
+
+
 def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller() -> None:
     """Ctrl-C while units run: no unit starts after, the running ones are told to stop
     (again on a second Ctrl-C) and their results kept, and the interrupt is handed back,
@@ -264,12 +274,7 @@ def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller(
 
     def stoppable(unit: Unit, worker: str) -> UnitResult:
         started.append(unit.name)
-        begun = datetime.now(UTC)
-        halted = stopped.wait(30)
-        return UnitResult(
-            name=unit.name, priority=unit.priority, status="failed" if halted else "succeeded",
-            attempts=1, started_at=begun, ended_at=datetime.now(UTC), worker=worker,
-        )  # fmt: skip
+        return wait_for_stop(stopped, unit, worker)
 
     def on_interrupt(reason: str) -> None:
         reasons.append(reason)
@@ -318,12 +323,7 @@ def test_an_interrupt_given_to_another_thread_is_handled_at_once() -> None:
 
     def stoppable(unit: Unit, worker: str) -> UnitResult:
         unit_threads.append(threading.get_ident())
-        begun = datetime.now(UTC)
-        halted = stopped.wait(60)
-        return UnitResult(
-            name=unit.name, priority=unit.priority, status="failed" if halted else "succeeded",
-            attempts=1, started_at=begun, ended_at=datetime.now(UTC), worker=worker,
-        )  # fmt: skip
+        return wait_for_stop(stopped, unit, worker)
 
     def interrupt_a_unit_thread() -> None:
         while not unit_threads:
