@@ -244,7 +244,7 @@ def test_sigterm_stops_the_agents_and_leaves_every_issue_ready(tmp_path: Path) -
     report = json.loads((workspace / ".fleet" / "report" / "report.json").read_text())
     assert report["interrupted"] == "interrupted (SIGTERM)"
     statuses = sorted(task["status"] for task in report["tasks"])
-    assert statuses == ["failed", "failed", "skipped"], report["tasks"]
+    assert statuses == ["skipped"] * 3, report["tasks"]  # two given back, one not started
     assert not tracker.pulls()
 
 

@@ -341,12 +341,13 @@ def _fail(run: _IssueRun, reason: str) -> None:
 
 def _stopped(run: _IssueRun, reason: str) -> None:
     """The run was stopped before this issue was done. Interrupted, the issue goes back to
-    the queue for a later run; cancelled (CANCELLED), it is failed: stopped on purpose.
-    Its workspace is kept or cleaned as a failed one's."""
+    the queue for a later run, and counts as skipped (left for later, not failed);
+    cancelled (CANCELLED), it is failed: stopped on purpose. Its workspace is kept or
+    cleaned as a failed one's."""
     if reason == CANCELLED:
         _fail(run, CANCELLED)
         return
-    run.outcome.status = "failed"
+    run.outcome.status = "skipped"
     run.log(f"stopped: {reason}; the issue goes back to the queue")
     message = f"The fleet run working on this issue was stopped: {reason}. Back in the queue."
     try:
