@@ -25,7 +25,7 @@ from flows.fleet.agent import (
     load_system_prompt,
     run_agent,
 )
-from flows.fleet.claude import ClaudeModel
+from flows.fleet.claude import ClaudeModel, StoppableAnthropic
 from flows.fleet.cost import CostMeter, Price, UnknownModelError, cost_usd, price_for
 from flows.fleet.models import Issue, Usage
 from flows.fleet.simulated import SimulatedModel
@@ -409,6 +409,32 @@ def test_a_stop_cuts_a_reply_being_streamed_short_and_counts_it(
     assert len(fake.requests) == 1
     assert result.cost_usd == pytest.approx((1000 * 3 + 1 * 15) / 1_000_000, rel=1e-12)
     assert meter.total_usd == result.cost_usd
+
+
+def test_a_stop_ends_the_sdks_wait_to_retry_a_call(fake: FakeAnthropic, toolbox: Toolbox) -> None:
+    """Overloaded, the API asks for a retry in 30 s, and the run is stopped meanwhile: the
+    agent stops within moments and makes no further request."""
+    fake.add(ErrorTurn(529, retry_after_ms=30_000), text_turn("never sent"))
+    stop = RunStop()
+    threading.Timer(0.5, stop.stop, args=("interrupted (SIGTERM)",)).start()
+    started = time.monotonic()
+    with StoppableAnthropic(base_url=fake.base_url, api_key="test-key", max_retries=2) as client:
+        result = run(ClaudeModel(client, MODEL), toolbox, CostMeter(), stop=stop)
+
+    assert time.monotonic() - started < 5  # not the 30 s the API asked for
+    assert result.error == "stopped: interrupted (SIGTERM)" and len(fake.requests) == 1
+
+
+def test_the_stoppable_client_retries_as_the_sdk_does(
+    fake: FakeAnthropic, toolbox: Toolbox
+) -> None:
+    fake.add(ErrorTurn(529, retry_after_ms=300), text_turn("done"))
+    started = time.monotonic()
+    with StoppableAnthropic(base_url=fake.base_url, api_key="test-key", max_retries=2) as client:
+        result = run(ClaudeModel(client, MODEL), toolbox, CostMeter())
+
+    assert result.ok and len(fake.requests) == 2
+    assert time.monotonic() - started >= 0.3  # the wait the API asked for
 
 
 def test_a_reply_cut_as_it_begins_over_tls_still_counts(toolbox: Toolbox) -> None:

@@ -8,7 +8,8 @@ import functools
 import math
 import socket
 from collections.abc import Iterable
-from typing import Any, cast
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, cast
 
 import anthropic
 import httpx2
@@ -18,6 +19,9 @@ from anthropic.types import Message as Reply
 from flows.commands import RunStop
 from flows.fleet.agent import AgentError, Block, ErrorKind, Message, ModelTurn
 from flows.fleet.models import Usage
+
+if TYPE_CHECKING:
+    from anthropic._models import FinalRequestOptions
 
 # Errors that the SDK retries itself; still failing after its retries, worth a later attempt.
 TRANSIENT_ERRORS: tuple[type[anthropic.AnthropicError], ...] = (
@@ -34,6 +38,39 @@ TRANSIENT_STREAM_ERROR_TYPES = frozenset(
     {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
 )
 CHARS_PER_TOKEN = 4  # a rough count of the output of a reply cut short
+# The stop of the run whose model call this thread is making (set by ClaudeModel.complete):
+# the SDK's wait between retries of the call ends on it (StoppableAnthropic).
+_CALL_STOP: ContextVar[RunStop | None] = ContextVar("claude_call_stop", default=None)
+
+
+class RetryStopped(anthropic.AnthropicError):
+    """The run was stopped while the SDK waited to retry a call."""
+
+
+class StoppableAnthropic(anthropic.Anthropic):
+    """The SDK's client, whose wait between the retries of a call ends as soon as the run
+    making the call is stopped, instead of sleeping it out: the SDK waits as long as a
+    `retry-after` header asks (a rate limit's can be minutes). Its retry rules and delays
+    are the SDK's own (`_sleep_for_retry` overrides the SDK's, pinned in pyproject.toml)."""
+
+    def _sleep_for_retry(
+        self,
+        *,
+        retries_taken: int,
+        max_retries: int,
+        options: FinalRequestOptions,
+        response: httpx2.Response | None,
+    ) -> None:
+        stop = _CALL_STOP.get()
+        if stop is None:  # a call not made by ClaudeModel.complete
+            super()._sleep_for_retry(retries_taken=retries_taken, max_retries=max_retries,
+                                     options=options, response=response)  # fmt: skip
+            return
+        headers = response.headers if response is not None else None
+        delay = self._calculate_retry_timeout(max_retries - retries_taken, options, headers)
+        stop.wait(delay)
+        if stop.reason is not None:
+            raise RetryStopped(f"stopped while waiting {delay:.1f}s to retry the call")
 
 
 class ClaudeModel:
@@ -44,7 +81,8 @@ class ClaudeModel:
     Claude writes; the SDK retries the request until the stream starts, not after.
 
     A stop of the run cuts a reply being streamed short (`_cut`); what it used so far is
-    counted all the same.
+    counted all the same. With a `StoppableAnthropic` client, it also ends the SDK's wait
+    to retry the call.
 
     With `prompt_cache`, the tools and system prompt and the conversation so far are marked
     for the 5-minute prompt cache, so each turn pays the cache-read rate for its history.
@@ -73,6 +111,7 @@ class ClaudeModel:
         secrets = [s for s in (self._client.api_key, self._client.auth_token) if s]
         stream: MessageStream | None = None
         written = _Written()
+        call_stop = _CALL_STOP.set(stop)
         try:
             with self._client.messages.stream(
                 model=self.model,
@@ -99,6 +138,8 @@ class ClaudeModel:
             message = f"the SDK rejected the request or its reply ({type(exc).__name__}: {exc})"
             used = written.usage_so_far(stream)
             raise AgentError("permanent", _redact(message, secrets), used) from None
+        finally:
+            _CALL_STOP.reset(call_stop)
         if reply.stop_reason is None:  # the stream ended cleanly, but before message_stop
             message = "the reply stream ended before the reply did"
             raise AgentError("transient", message, written.usage_so_far(stream))
@@ -120,8 +161,8 @@ def _cut(stream: MessageStream) -> None:
     The connection is the reply's own while this can be called: at `message_stop` the
     `on_stop` block ends before the stream's last read, which hands the connection back to
     the client's pool. (A reply that breaks off without one hands it back inside the block;
-    a client is never shared between runs.) A request still being sent (or retried by the
-    SDK) is not cut: it ends first."""
+    a client is never shared between runs.) A request still being sent, or waiting for
+    the reply's headers, is not cut: it ends first."""
     network = stream.response.extensions.get("network_stream")
     connection = network.get_extra_info("socket") if network is not None else None
     if isinstance(connection, socket.socket):

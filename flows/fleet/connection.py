@@ -122,10 +122,9 @@ def open_connection(
 def _open_github(
     settings: FleetConfig, labels: Labels, credentials: FleetCredentials
 ) -> Connection:
-    import anthropic
     from github import Auth, Github
 
-    from flows.fleet.claude import ClaudeModel
+    from flows.fleet.claude import ClaudeModel, StoppableAnthropic
 
     token = credentials.github_token.get_secret_value()
     # GitHub's largest page (PyGithub asks for 30): fewer requests for every list
@@ -136,7 +135,7 @@ def _open_github(
     except TrackerError as exc:
         where = f"GitHub at {credentials.github_api_url}"
         raise ConfigError(where, "repo", str(exc)) from None
-    claude = anthropic.Anthropic(
+    claude = StoppableAnthropic(
         api_key=credentials.anthropic_api_key.get_secret_value(),
         base_url=credentials.anthropic_base_url,
         max_retries=2,
