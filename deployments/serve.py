@@ -97,7 +97,11 @@ def serve_all(config: str, pipeline_config: str, schedule: dict[str, Any], limit
     from flows._prefect import require_api
     from flows.fleet.flow import issue_poller, resolve_issue_run
     from flows.pipeline.flow import pipeline
+    from flows.secrecy import make_undumpable
 
+    # The runs' processes are its children, their agents' commands its grandchildren: none
+    # may read the tokens in this process's environment through /proc.
+    make_undumpable()
     require_api("serving deployments")
     resolver = resolve_issue_run.name + SUFFIX
     poller_parameters = {

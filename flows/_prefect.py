@@ -47,6 +47,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.config import ConfigError
 from flows.logs import quiet_loggers
 from flows.report import RunFailed, UnitResult
+from flows.secrecy import without_secrets
 
 R = TypeVar("R", bound=UnitResult)
 T = TypeVar("T")
@@ -508,7 +509,9 @@ def local_server(
     `prefect server start` shows it later.
     """
     port = _free_port()
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
+    # not the fleet's tokens: any process of this user (an agent's command) reads its environ
+    env = {**without_secrets(os.environ, keep_prefix="PREFECT_"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}  # fmt: skip
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     if database_url is not None:

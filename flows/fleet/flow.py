@@ -67,7 +67,7 @@ from flows.leader import LeaderPlan, heartbeat, lead, report_state
 from flows.logs import project_log_level
 from flows.report import Report, SetupSummary
 from flows.scheduler import build_tiers
-from flows.undumpable import make_undumpable
+from flows.secrecy import make_undumpable
 
 log = logging.getLogger(__name__)
 TIER_NAMES = dict(enumerate(PRIORITY_QUEUES, start=1))  # urgent, normal, low

@@ -44,10 +44,9 @@ import flows
 from flows.fleet.config import FleetConfig
 from flows.fleet.connection import FleetCredentials, fleet_context, open_connection
 from flows.fleet.models import IssueResult
-from flows.fleet.tools import SECRET_NAME
 from flows.fleet.worker import FleetContext, IssueUnit, resolve_issue
 from flows.logs import show_project_logs
-from flows.undumpable import make_undumpable
+from flows.secrecy import make_undumpable, without_secrets
 
 log = logging.getLogger(__name__)
 Heartbeat = Callable[[str, str, float], None]  # worker, activity, cost of the issue so far
@@ -334,7 +333,7 @@ def _child_env() -> dict[str, str]:
     """The leader's environment without its secrets (a child gets what it needs in the
     spec: every variable whose name says token, key, secret, password, ... is left out),
     and with this project's code on its path, installed or not."""
-    env = {name: value for name, value in os.environ.items() if not SECRET_NAME.search(name)}
+    env = without_secrets(os.environ)
     project = str(Path(flows.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [project, env.get("PYTHONPATH")]))
     return env

@@ -19,7 +19,6 @@ import functools
 import json
 import logging
 import os
-import re
 import stat
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows.commands import RunStop
 from flows.commands import run_command as run_process
+from flows.secrecy import without_secrets
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ SKIPPED_DIRS = frozenset(
      ".ruff_cache"}
 )  # fmt: skip
 PASSED_ENV = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "TZ")
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,7 @@ def scrubbed_env(
     any name that looks like a secret is dropped, and HOME is `home`."""
     env = {name: source[name] for name in PASSED_ENV if name in source}
     env.update(extra or {})
-    env = {name: value for name, value in env.items() if not SECRET_NAME.search(name)}
+    env = without_secrets(env)
     env.setdefault("PATH", os.defpath)
     env.update(HOME=str(home), GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1")
     return env

@@ -1,4 +1,5 @@
-"""Keep a process's secrets out of reach of the commands it starts.
+"""Keep a process's secrets out of reach of the commands it starts: out of their
+environment (`without_secrets`), and out of /proc (`make_undumpable`).
 
 An agent's commands run as the worker's user, with a scrubbed environment; but any process
 of the same user may read another's environment and memory through /proc
@@ -15,10 +16,24 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 import sys
+from collections.abc import Mapping
 
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+# Environment variables whose names say they hold a secret (GITHUB_TOKEN, ANTHROPIC_API_KEY)
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 log = logging.getLogger(__name__)
+
+
+def without_secrets(environ: Mapping[str, str], keep_prefix: str | None = None) -> dict[str, str]:
+    """`environ` less every variable whose name says it holds a secret (SECRET_NAME), but
+    those starting with `keep_prefix` (a program's own settings, e.g. PREFECT_)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not SECRET_NAME.search(name) or (keep_prefix and name.startswith(keep_prefix))
+    }
 
 
 def make_undumpable() -> bool:

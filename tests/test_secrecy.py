@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
+
+from flows._prefect import local_server
+from flows.secrecy import without_secrets
 
 PROJECT = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-token-value"
@@ -17,7 +21,7 @@ SECRET = "s3cret-token-value"
 PARENT = """
 import os, subprocess, sys
 if sys.argv[1] == "undumpable":
-    from flows.undumpable import make_undumpable
+    from flows.secrecy import make_undumpable
     assert make_undumpable()
 reader = "import os, sys; print(open(f'/proc/{os.getppid()}/environ', 'rb').read()"
 reader += ".count(sys.argv[1].encode()))"
@@ -59,3 +63,27 @@ def run_parent(mode: str) -> str:
 def test_commands_cannot_read_the_environment_of_an_undumpable_parent() -> None:
     assert run_parent("dumpable") == "1"  # the hole: an ordinary process's env is readable
     assert "Permission denied" in run_parent("undumpable")
+
+
+def test_secret_variables_are_left_out_but_a_programs_own_settings() -> None:
+    environ = {"PATH": "/bin", "GITHUB_TOKEN": SECRET, "ANTHROPIC_API_KEY": SECRET,
+               "MY_PASSWORD": SECRET, "PREFECT_API_KEY": "pnu_x", "PREFECT_HOME": "/h"}  # fmt: skip
+    assert without_secrets(environ) == {"PATH": "/bin", "PREFECT_HOME": "/h"}
+    kept = without_secrets(environ, keep_prefix="PREFECT_")
+    assert kept == {"PATH": "/bin", "PREFECT_API_KEY": "pnu_x", "PREFECT_HOME": "/h"}
+
+
+def test_the_local_prefect_server_gets_no_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server the CLI starts is an ordinary process: an agent's command could read its
+    environment, so the fleet's tokens are not in it."""
+    monkeypatch.setenv("GITHUB_TOKEN", SECRET)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    with local_server(home=tmp_path / "home"):
+        servers = [child for child in psutil.Process().children(recursive=True)
+                   if "server" in child.cmdline()]  # fmt: skip
+        assert servers
+        environs = [Path(f"/proc/{server.pid}/environ").read_bytes() for server in servers]
+    assert all(b"PREFECT_HOME=" in environ for environ in environs)  # it is readable
+    assert not any(SECRET.encode() in environ for environ in environs)
