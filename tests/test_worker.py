@@ -85,12 +85,40 @@ def test_a_retried_attempt_starts_from_the_workspace_the_first_one_found(tmp_pat
     assert result.status == "succeeded" and result.attempts == 2
     listing = second.calls[1]["messages"][-1]["content"][0]["content"]
     assert "scratch.py" not in listing
-    pushed = subprocess.run(
-        ["git", "ls-tree", "-r", "--name-only", issue.branch],
+    pushed = pushed_files(connection, issue.branch)
+    assert "changes/fix.md" in pushed and "scratch.py" not in pushed
+
+
+def pushed_files(connection: Connection, branch: str) -> list[str]:
+    return subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", branch],
         cwd=remote_path(Path(connection.settings.workspace).resolve()),
         capture_output=True, text=True, check=True, timeout=30,
     ).stdout.split()  # fmt: skip
-    assert "changes/fix.md" in pushed and "scratch.py" not in pushed
+
+
+def test_what_the_checks_keep_in_home_stays_out_of_the_pull_request(tmp_path: Path) -> None:
+    """Tools keep caches and logs in HOME (~/.npm, ~/.cache): the checks' HOME is not the
+    workspace, so none of that is committed."""
+    checks = (
+        'name: checks\ntasks:\n  - name: caches\n    priority: 1\n    run: mkdir -p "$HOME/.cache" '
+        '&& echo log > "$HOME/.cache/debug.log" && echo "$HOME" > "$HOME/where"\n'
+    )
+    fix = {"path": "changes/fix.md", "content": "# Fix\n"}
+    model = ScriptedModel([tool_turn("write_file", {"path": ".multi-agent.yml", "content": checks},
+                                     "a"),
+                           tool_turn("write_file", fix, "b"), text_turn("Fixed.")])  # fmt: skip
+    connection, ctx = one_issue_fleet(tmp_path, iter([model]))
+    issue: Issue = connection.tracker.list_ready()[0]
+
+    result = resolve_issue(IssueUnit(issue, 1), "worker-01", ctx)
+
+    assert result.status == "succeeded", result.log_tail
+    assert sorted(pushed_files(connection, issue.branch)) == [
+        ".multi-agent.yml",
+        "README.md",
+        "changes/fix.md",
+    ]
 
 
 def test_the_pull_request_tells_what_every_round_did(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -246,7 +247,8 @@ def _run_agent_with_retries(
 
 
 def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
-    """The repository's own pipeline config, run in the workspace (no secrets in its env)."""
+    """The repository's own pipeline config, run in the workspace (no secrets in its env;
+    a throwaway HOME, so that the caches and logs tools keep there stay out of the PR)."""
     if ctx.settings.checks_config is None:
         return CheckReport(True, "no checks configured")
     config_path = workdir / ctx.settings.checks_config
@@ -259,8 +261,8 @@ def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
     except ConfigError as exc:
         return CheckReport(False, f"invalid checks config: {exc}")
     report_dir = ctx.report_dir / "checks" / issue.name
-    env = cache_env(setup, scrubbed_env(os.environ, home=workdir))
-    with cache_in_use(setup):
+    with tempfile.TemporaryDirectory(prefix="fleet-checks-") as home, cache_in_use(setup):
+        env = cache_env(setup, scrubbed_env(os.environ, home=Path(home)))
         if setup is not None:
             summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log",
                                 stop=ctx.stop)  # fmt: skip
