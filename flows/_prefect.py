@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from prefect.settings import (
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.commands import end_process_group
 from flows.config import ConfigError
 from flows.logs import quiet_loggers
 from flows.report import RunFailed, UnitResult
@@ -536,19 +536,8 @@ def local_server(
             finally:
                 drain_prefect_workers()  # before the server goes away
     finally:
-        _stop_group(process)
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """Stop the server and its children (it runs the API in a uvicorn subprocess, which a
-    plain terminate() would leave running)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, if any
-    process.wait()
+        # the server and its children (the API runs in a uvicorn subprocess)
+        end_process_group(process, grace=20)
 
 
 def wait_for_api(

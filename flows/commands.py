@@ -29,11 +29,11 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from flows.interrupts import SIGNAL_CHECK_S
 from flows.rss import RssSampler
@@ -252,22 +252,25 @@ def run_command(
         watchdog = _Watchdog(process.pid, timeout, kill_grace)
         if stop is not None:
             stop._track(watchdog)
-        status = _wait_for_exit(process.pid)
+        _wait_for_exit(process.pid)
     except BaseException:  # nothing it started may outlive the run that gives up on it
-        _end_group(process.pid, kill_grace)
+        end_process_group(process, kill_grace)
         raise
     finally:
         if watchdog is not None:
             watchdog.child_exited()
             if stop is not None:
                 stop._untrack(watchdog)
-    peak_rss_mb = rss.release(process.pid) if rss is not None else None
+        peak_rss_mb = rss.release(process.pid) if rss is not None else None
     ended_at = _now()
+    # Stragglers, while the exited leader still holds the group's id (not yet reaped, its
+    # pid cannot be reused: no other process's group can be hit).
+    _kill_group(process.pid, signal.SIGKILL)
+    status = os.waitpid(process.pid, 0)[1]
     exit_code = os.waitstatus_to_exitcode(status)
     process.returncode = exit_code  # reaped here: tell Popen so it does not wait again
     if direct and exit_code < 0:
         exit_code = 128 - exit_code  # as `sh -c` reports a command killed by a signal
-    _kill_group(process.pid, signal.SIGKILL)  # stragglers
     interrupted = watchdog.interrupted  # even if it then exits 0: it was cut short
     if watchdog.fired or interrupted:
         why = f"timed out after {timeout:g}s" if watchdog.fired else f"stopped: {_reason(stop)}"
@@ -283,10 +286,10 @@ def run_command(
     )
 
 
-def _wait_for_exit(pid: int) -> int:
-    """The child's wait status, the instant it exits. The main thread waits in slices (on
-    a pidfd), so that a signal's handler is not kept waiting until the command ends (see
-    flows/interrupts.py); other threads block in waitpid."""
+def _wait_for_exit(pid: int) -> None:
+    """Return the instant the child exits, leaving it to be reaped. The main thread waits
+    in slices (on a pidfd), so that a signal's handler is not kept waiting until the
+    command ends (see flows/interrupts.py); other threads block in waitid."""
     if threading.current_thread() is threading.main_thread():
         try:
             exited = os.pidfd_open(pid)
@@ -298,23 +301,21 @@ def _wait_for_exit(pid: int) -> int:
                     pass
             finally:
                 os.close(exited)
-    return os.waitpid(pid, 0)[1]
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
-def _end_group(pid: int, grace: float) -> None:
-    """SIGTERM the group, give its leader `grace` seconds to exit, then SIGKILL whatever is
-    left of the group (the SIGKILL is sent even if another interrupt cuts the wait short)."""
-    _kill_group(pid, signal.SIGTERM)
+def end_process_group(process: subprocess.Popen[Any], grace: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM the group `process` leads (started with `start_new_session`), give it
+    `grace` seconds to exit, then SIGKILL whatever is left of the group (sent even if
+    another interrupt cuts the wait short), and reap it."""
+    _kill_group(process.pid, signal.SIGTERM)
     try:
-        deadline = time.monotonic() + grace
-        while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    except ChildProcessError:  # reaped
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
         pass
     finally:
-        _kill_group(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        _kill_group(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _reason(stop: RunStop | None) -> str:
@@ -369,7 +370,7 @@ class _Watchdog:
 
     def _expire(self) -> None:
         if self._terminate(timed_out=True) and not self._exited.wait(self._grace):
-            _kill_group(self._pid, signal.SIGKILL)
+            self._kill_if_running()
 
     def interrupt(self) -> None:
         """Kill the group now (without waiting here for the grace period)."""
@@ -382,12 +383,13 @@ class _Watchdog:
             if self._exited.is_set() or self.fired or self.interrupted:
                 return False
             self.fired, self.interrupted = timed_out, not timed_out
-        _kill_group(self._pid, signal.SIGTERM)
+            _kill_group(self._pid, signal.SIGTERM)
         return True
 
     def _kill_if_running(self) -> None:
-        if not self._exited.is_set():
-            _kill_group(self._pid, signal.SIGKILL)
+        with self._lock:  # not once `child_exited` returned: the child may be reaped
+            if not self._exited.is_set():
+                _kill_group(self._pid, signal.SIGKILL)
 
     def kill_now(self) -> None:
         """SIGKILL the group at once (stopped again while its SIGTERM grace runs)."""
@@ -395,6 +397,7 @@ class _Watchdog:
         self._kill_if_running()
 
     def child_exited(self) -> None:
+        """The child exited (not yet reaped): no signal is sent to its group after this."""
         with self._lock:
             self._exited.set()
         self._timer.cancel()

@@ -4,9 +4,11 @@ mirror, per-issue clones, commit and push, resumed branches, credentials and tim
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -612,6 +614,38 @@ def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     assert all(wait_until_gone(pid) for pid in seen)
     assert not mirror.exists()
     assert not mirror.path.with_name(mirror.path.name + ".partial").exists()
+
+
+def test_an_interrupted_git_call_kills_its_process_group(tmp_path: Path) -> None:
+    """Ctrl-C during a clone (the mirror's update runs in the main thread): git and its
+    helper do not live on, orphaned, after the interrupt."""
+    seen: set[int] = set()
+    with socket.socket() as blackhole:  # accepts connections (backlog), never answers
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(8)
+        url = f"http://127.0.0.1:{blackhole.getsockname()[1]}/repo.git"
+
+        def interrupt_once_git_runs() -> None:
+            deadline = time.monotonic() + 30
+            while len(seen) < 2 and time.monotonic() < deadline:
+                for proc in psutil.process_iter(["cmdline"]):
+                    if url in " ".join(proc.info["cmdline"] or []):
+                        seen.add(proc.pid)
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt_once_git_runs)
+        interrupter.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                Mirror(tmp_path / "fleet", url, timeout=600).ensure()
+            interrupter.join()
+            assert len(seen) >= 2  # git clone and its git-remote-http child
+            assert all(wait_until_gone(pid) for pid in seen)
+        finally:
+            for pid in seen:  # the test's own leftovers, if it failed
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

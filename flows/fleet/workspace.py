@@ -45,13 +45,11 @@ scrubbed.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -64,11 +62,11 @@ import pygit2
 from pygit2 import Oid
 from pygit2.enums import CheckoutStrategy, DiffOption, RepositoryOpenFlag
 
+from flows.commands import end_process_group
 from flows.fleet.models import branch_name
 
 NETWORK_TIMEOUT = 600.0  # clone, fetch, push
 LOCAL_TIMEOUT = 120.0  # everything that stays on disk
-KILL_GRACE_SECONDS = 3.0
 STDERR_TAIL_CHARS = 2000
 GIT_USERNAME = "x-access-token"  # what GitHub expects with an installation token or PAT
 
@@ -168,13 +166,17 @@ def run_git(
         )
     except OSError as exc:
         raise WorkspaceError(f"{operation}: cannot start git: {exc.strerror or exc}") from None
-    try:
-        stdout, stderr = process.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _stop_group(process)
-        raise WorkspaceError(
-            f"{operation} timed out after {timeout:g}s in {where} (process group killed)"
-        ) from None
+    with process:  # its pipes closed
+        try:
+            stdout, stderr = process.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            end_process_group(process)  # SIGTERM first: git cleans up its .lock files
+            raise WorkspaceError(
+                f"{operation} timed out after {timeout:g}s in {where} (process group killed)"
+            ) from None
+        except BaseException:  # interrupted: nothing it started outlives the wait
+            end_process_group(process)
+            raise
     result = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
     if result.returncode not in ok_codes:
         raise _failure(operation, where, result, auth)
@@ -190,21 +192,6 @@ def _subcommand(args: Sequence[str]) -> str:
         elif not word.startswith("-"):
             return word
     return ""
-
-
-def _stop_group(process: subprocess.Popen[str]) -> None:
-    """SIGTERM the group (git cleans up its .lock files), SIGKILL it after a grace period."""
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.communicate(timeout=KILL_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
-        process.communicate()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 @contextmanager
