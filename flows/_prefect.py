@@ -64,6 +64,13 @@ class LeaderSession:
     client: SyncPrefectClient
     publishers: list[ArtifactPublisher] = field(default_factory=list)
 
+    def send_deferred(self) -> None:
+        """Let the artifacts held back at the end of the runs so far go now, in the
+        background (between the polls of a long monitor, not only when the session ends)."""
+        self.publishers = [p for p in self.publishers if not p.done]
+        for publisher in self.publishers:
+            publisher.resume()
+
 
 _session: contextvars.ContextVar[LeaderSession | None] = contextvars.ContextVar(
     "leader_session", default=None
@@ -100,9 +107,16 @@ def open_publisher(flow_run_id: UUID | None) -> ArtifactPublisher:
     return ArtifactPublisher(flow_run_id, session.client if session else None)
 
 
+def send_deferred_artifacts() -> None:
+    """Between leader runs of a session: what the runs so far held back goes now."""
+    session = _session.get()
+    if session is not None:
+        session.send_deferred()
+
+
 def release_publisher(publisher: ArtifactPublisher) -> None:
-    """Flush now, or when the session ends if there is one (after the flow run has ended,
-    off its wall time)."""
+    """Flush now, or, in a session, once the flow run has ended (off its wall time): when
+    `send_deferred_artifacts` is called or the session ends."""
     session = _session.get()
     if session is None:
         publisher.close()
@@ -385,10 +399,19 @@ class ArtifactPublisher:
         self._sending.clear()
         self.finish()
 
+    def resume(self) -> None:
+        """Send what `defer` held back, in the background."""
+        self._sending.set()
+
+    @property
+    def done(self) -> bool:
+        """Finished, and everything queued was sent (or given up)."""
+        return not self._thread.is_alive()
+
     def close(self, timeout: float = ARTIFACT_FLUSH_TIMEOUT_S) -> None:
         """Send everything queued, then stop."""
         self.finish()
-        self._sending.set()
+        self.resume()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning(

@@ -251,6 +251,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
                               report_dir=str(report_dir), return_state=True)  # fmt: skip
                 report = finished_report(state, started_server)
                 reports.append((report, report_dir))
+                _prefect.send_deferred_artifacts()  # in the UI now, not when monitoring ends
                 if time.monotonic() >= deadline:
                     break
                 if not report.tasks:

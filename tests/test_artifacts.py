@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
@@ -134,3 +135,24 @@ def test_deferred_calls_wait_for_close() -> None:
     assert [a.key for a in client.created] == ["pipeline-demo-tier-1"]
     publisher.close(timeout=10)
     assert [a.key for a in client.created] == ["pipeline-demo-tier-1", "pipeline-demo-report"]
+
+
+def test_a_sessions_deferred_calls_go_when_told_without_closing() -> None:
+    """A long monitor's polls: each one's artifacts reach the UI once it has ended, not
+    when the whole session does."""
+    client = FlakyClient()
+    session = _prefect.LeaderSession(client)  # type: ignore[arg-type]
+    first = ArtifactPublisher(uuid4(), client)  # type: ignore[arg-type]
+    first._sending.clear()  # nothing goes before the run ends (as if sent in its last moment)
+    first.markdown("fleet-demo-report", "# Report", "fleet report: demo")
+    first.defer()  # the run ended
+    session.publishers.append(first)
+    time.sleep(0.2)
+    assert not first.done and client.created == []  # held back
+
+    session.send_deferred()
+
+    first._thread.join(10)
+    assert first.done and [a.key for a in client.created] == ["fleet-demo-report"]
+    session.send_deferred()
+    assert session.publishers == []  # done ones are let go
