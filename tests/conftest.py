@@ -4,6 +4,7 @@ session, and helpers to write pipeline configs into temporary repos."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -100,3 +101,21 @@ def wait_until_gone(pid: int, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def as_ordinary_user() -> list[str]:
+    """The argv prefix that runs a Python as an ordinary user (root reads every process):
+    this user, or nobody when we are root. The script needs the standard library only, so
+    any Python 3 that user may run will do (a virtualenv's may live under /root)."""
+    if os.geteuid() != 0:
+        return [sys.executable]
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot act as an ordinary user")
+    drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    starts_itself = "import subprocess, sys; subprocess.run([sys.executable, '-c', ''], check=True)"
+    for python in ("/usr/bin/python3", os.path.realpath(sys.executable)):
+        probe = subprocess.run([*drop, python, "-c", starts_itself], capture_output=True)
+        if probe.returncode == 0:
+            return [*drop, python]
+    pytest.skip("no Python that nobody may run")

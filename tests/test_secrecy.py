@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from flows._prefect import local_server
 from flows.secrecy import without_secrets
+from tests.conftest import as_ordinary_user
 
 PROJECT = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-token-value"
@@ -29,24 +29,6 @@ secret = os.environ["FLEET_TEST_TOKEN"]
 result = subprocess.run([sys.executable, "-c", reader, secret], capture_output=True, text=True)
 print(result.stdout.strip() or result.stderr.strip().splitlines()[-1])
 """
-
-
-def as_ordinary_user() -> list[str]:
-    """The argv prefix that runs a Python as an ordinary user (root reads every process):
-    this user, or nobody when we are root. The script needs the standard library only, so
-    any Python 3 that user may run will do (a virtualenv's may live under /root)."""
-    if os.geteuid() != 0:
-        return [sys.executable]
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: cannot act as an ordinary user")
-    drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-    starts_itself = "import subprocess, sys; subprocess.run([sys.executable, '-c', ''], check=True)"
-    for python in ("/usr/bin/python3", os.path.realpath(sys.executable)):
-        probe = subprocess.run([*drop, python, "-c", starts_itself], capture_output=True)
-        if probe.returncode == 0:
-            return [*drop, python]
-    pytest.skip("no Python that nobody may run")
 
 
 def run_parent(mode: str) -> str:

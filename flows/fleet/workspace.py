@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,9 @@ from pygit2.enums import CheckoutStrategy, DiffOption, RepositoryOpenFlag
 
 from flows.commands import end_process_group
 from flows.fleet.models import branch_name
+from flows.removal import remove_tree
+
+logger = logging.getLogger(__name__)
 
 NETWORK_TIMEOUT = 600.0  # clone, fetch, push
 LOCAL_TIMEOUT = 120.0  # everything that stays on disk
@@ -302,15 +306,9 @@ def _empty_worktree(root: Path) -> None:
         if entry.name == ".git":
             continue
         if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, onerror=_unlock_and_retry)
+            remove_tree(entry.path)
         else:
             os.unlink(entry.path)
-
-
-def _unlock_and_retry(remove: Callable[[str], object], path: str, _: object) -> None:
-    """rmtree's error handler: a folder without write permission cannot lose its entries."""
-    os.chmod(os.path.dirname(path), 0o700)
-    remove(path)
 
 
 @dataclass(frozen=True)
@@ -453,8 +451,14 @@ class Workspace:
             repo.references.create(tracking, head, force=True)
 
     def cleanup(self) -> None:
-        """Delete the workspace directory (its commits live on only if pushed)."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the workspace directory (its commits live on only if pushed). Never
+        raises: what cannot be deleted is logged."""
+        try:
+            remove_tree(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("could not delete the workspace %s: %s", self.path, exc)
 
 
 _WITH_UNTRACKED = DiffOption.INCLUDE_UNTRACKED | DiffOption.RECURSE_UNTRACKED_DIRS
@@ -550,7 +554,7 @@ def prepare_workspace(
     if not mirror.exists():
         raise WorkspaceError(f"no mirror at {mirror.path}: call Mirror.ensure() first")
     if path.exists() or path.is_symlink():
-        shutil.rmtree(path)  # refuses a symlink: never deletes outside the workspace
+        remove_tree(path)  # refuses a symlink: never deletes outside the workspace
     path.parent.mkdir(parents=True, exist_ok=True)
     with _flock(mirror.lock_path, fcntl.LOCK_SH):  # the refs cannot move until cloned
         heads = _branch_heads(mirror, (default_branch, branch))

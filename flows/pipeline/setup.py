@@ -15,8 +15,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -26,7 +26,10 @@ from pathlib import Path
 
 from flows.commands import RunStop, read_tail, run_command
 from flows.config import Command, ConfigError, PipelineConfig, SetupConfig, resolve_folder
+from flows.removal import remove_tree
 from flows.report import SetupSummary
+
+logger = logging.getLogger(__name__)
 
 MARKER = ".complete"
 CACHE_ENV = "PIPELINE_CACHE_DIR"
@@ -137,7 +140,7 @@ def run_setup(
             log_path.write_text(f"cache hit: {plan.cache_dir}\n")
             return _summary(plan, started, hit=True, ok=True, log_path=log_path)
         if plan.cache_dir.exists():
-            shutil.rmtree(plan.cache_dir)  # left by a failed or killed setup
+            remove_tree(plan.cache_dir)  # left by a failed or killed setup
         plan.cache_dir.mkdir()
         for command in plan.commands:
             with log_path.open("a") as log:
@@ -166,7 +169,10 @@ def prune_old_caches(pipeline_root: Path, keep: int) -> None:
             _locked(_use_lock(old), blocking=False) as used,
         ):
             if building and used:
-                shutil.rmtree(old, ignore_errors=True)
+                try:
+                    remove_tree(old)
+                except OSError as exc:  # kept; the next run's pruning tries again
+                    logger.warning("could not delete the old setup cache %s: %s", old, exc)
 
 
 @contextmanager
