@@ -77,10 +77,11 @@ class RunStop:
         self._stopped = threading.Event()
         self.reason: str | None = None
 
-    def stop(self, reason: str) -> None:
-        """Stop the run's commands; stopped again (a second Ctrl-C), SIGKILL them now."""
+    def stop(self, reason: str, *, at_once: bool = False) -> None:
+        """Stop the run's commands; stopped again (a second Ctrl-C), or `at_once` (no time
+        left for a grace period), SIGKILL them now."""
         with self._lock:
-            again = self.reason is not None
+            again = self.reason is not None or at_once
             self.reason = self.reason or reason
             self._stopped.set()
             running = list(self._running)

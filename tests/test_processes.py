@@ -3,6 +3,7 @@ failing only the issues it held, and how many a run starts."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -26,11 +27,11 @@ from flows.fleet.processes import (
     NoIssueProcessError,
     ProcessSpec,
 )
-from flows.fleet.testbed import open_tracker
+from flows.fleet.testbed import open_tracker, remote_path
 from flows.fleet.tracker import LocalTracker
 from flows.fleet.worker import IssueUnit
 from flows.fleet.workspace import Mirror
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_file, wait_until_gone
 
 
 class Beats:
@@ -132,48 +133,67 @@ def test_an_issue_that_raises_in_a_child_fails_with_what_it_raised(tmp_path: Pat
         assert processes.resolve(units[0], "w1").status == "succeeded"  # the child lives on
 
 
+def hang_the_checks(spec: ProcessSpec, pid_file: Path) -> None:
+    """Make the testbed repository's check a command that writes its pid and hangs."""
+    workspace = Path(spec.settings.workspace).resolve()
+    clone = workspace.parent / "checks-edit"
+    git = partial(subprocess.run, check=True, capture_output=True, timeout=60)
+    git(["git", "clone", "-q", str(remote_path(workspace)), str(clone)])
+    (clone / ".multi-agent.yml").write_text(
+        f"name: checks\ntasks:\n  - name: hangs\n    priority: 1\n"
+        f"    run: echo $$ > {pid_file}; exec sleep 300\n"
+    )
+    git(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "hang"],
+        cwd=clone)  # fmt: skip
+    git(["git", "push", "-q", "origin", "HEAD"], cwd=clone)
+    Mirror(workspace, str(remote_path(workspace))).ensure()
+
+
 LEADER = """
 import sys, time
 from pathlib import Path
-from tests.test_processes import Beats, seeded_testbed
+from tests.test_processes import Beats, hang_the_checks, seeded_testbed
 from flows.fleet.processes import IssueProcesses
 from concurrent.futures import ThreadPoolExecutor
-spec, units = seeded_testbed(Path(sys.argv[1]), 1, agent_seconds=60)
+base, stage = Path(sys.argv[1]), sys.argv[2]
+spec, units = seeded_testbed(base, 1, agent_seconds=60 if stage == "agent" else 0.1)
+if stage == "checks":
+    hang_the_checks(spec, base / "check.pid")
 beats = Beats()
 processes = IssueProcesses(spec, beats)
 processes.start(1)
 ThreadPoolExecutor(1).submit(processes.resolve, units[0], "w1")
-beats.wait_for("agent")
+beats.wait_for(stage)
 print(processes.pids[0], flush=True)
 time.sleep(600)
 """
 
 
-def test_children_exit_when_their_leader_dies(tmp_path: Path) -> None:
-    leader = subprocess.Popen([sys.executable, "-c", LEADER, str(tmp_path)],
+@pytest.mark.parametrize("stage", ["agent", "checks"])
+def test_children_and_their_commands_exit_when_their_leader_dies(
+    tmp_path: Path, stage: str
+) -> None:
+    """SIGKILLed, the leader cannot stop its issue processes: they see its pipe close and
+    exit, killing the commands their issues run (a check hanging for 300 s, here), which
+    would otherwise live on, with no timeout left to end them."""
+    leader = subprocess.Popen([sys.executable, "-c", LEADER, str(tmp_path), stage],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
     try:
         assert leader.stdout is not None
-        child = int(leader.stdout.readline())  # its issue's agent is at work (60 s)
+        child = int(leader.stdout.readline())  # its issue's agent (60 s) or check is at work
+        doomed = [child]
+        if stage == "checks":
+            wait_for_file(tmp_path / "check.pid")
+            doomed.append(int((tmp_path / "check.pid").read_text()))
         leader.kill()
         leader.wait()
-        deadline = time.monotonic() + 20
-        while running(child) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not running(child)
+        assert all(wait_until_gone(pid, timeout=20) for pid in doomed)
     finally:
         leader.kill()
         leader.wait()
-
-
-def running(pid: int) -> bool:
-    """Whether `pid` is a live process (an exited one whose parent died is a zombie until
-    reaped, or gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "State:\tZ" not in status
+        if (tmp_path / "check.pid").is_file():  # the test's own leftover, if it failed
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int((tmp_path / "check.pid").read_text()), signal.SIGKILL)
 
 
 def unbuildable(spec: ProcessSpec) -> ProcessSpec:

@@ -24,6 +24,7 @@ close), as it would its threads.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import itertools
 import logging
 import os
@@ -38,9 +39,10 @@ from contextlib import suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import flows
+from flows.commands import RunStop
 from flows.fleet.config import FleetConfig
 from flows.fleet.connection import FleetCredentials, fleet_context, open_connection
 from flows.fleet.models import IssueResult
@@ -276,13 +278,14 @@ def serve() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: None)
     send_lock = threading.Lock()
+    stop = RunStop()
 
     def send(*message: Any) -> None:
         try:
             with send_lock:
                 outbox.send(message)
-        except OSError:  # the leader is gone: so are its workers, as its threads would be
-            os._exit(LEADER_GONE_EXIT)
+        except OSError:
+            _leader_gone(stop)
 
     make_undumpable()  # before the credentials arrive: commands cannot read them in /proc
     spec: ProcessSpec = inbox.recv()
@@ -293,6 +296,7 @@ def serve() -> None:
     except Exception as exc:
         send("broken", f"{type(exc).__name__}: {exc}")
         return
+    ctx = dataclasses.replace(ctx, stop=stop)
 
     def run(job: int, unit: IssueUnit, worker: str) -> None:
         try:
@@ -303,29 +307,37 @@ def serve() -> None:
             send("error", job, f"{type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(spec.settings.workers, thread_name_prefix="issue") as threads:
-        while (message := _next_message(inbox)) is not None:
+        while (message := _next_message(inbox, stop)) is not None:
             if message[0] == STOP:
-                ctx.stop.stop(message[1])
+                stop.stop(message[1])
             else:
                 threads.submit(run, *message)
         # closed: the issues in flight finish (leaving this block waits for them), unless
         # the leader dies meanwhile
-        threading.Thread(target=_exit_with_leader, args=(inbox,), daemon=True).start()
+        threading.Thread(target=_exit_with_leader, args=(inbox, stop), daemon=True).start()
 
 
-def _next_message(inbox: Pipe) -> Any:
+def _next_message(inbox: Pipe, stop: RunStop) -> Any:
     try:
         return inbox.recv()
-    except EOFError:  # the leader died without a word: so do its workers
-        os._exit(LEADER_GONE_EXIT)
+    except EOFError:  # the leader died without a word
+        _leader_gone(stop)
 
 
-def _exit_with_leader(inbox: Pipe) -> None:
+def _exit_with_leader(inbox: Pipe, stop: RunStop) -> None:
     """After the closing message (None) nothing more comes: a read returns only when the
     leader's end of the pipe closes, which it does after this process exited, or when it
     died."""
     with suppress(EOFError, OSError):
         inbox.recv()
+    _leader_gone(stop)
+
+
+def _leader_gone(stop: RunStop) -> NoReturn:
+    """The leader is gone: so are its workers, as its threads would be, and the commands
+    they run, killed now (each in a session of its own, they would outlive this process,
+    and their timeouts with it)."""
+    stop.stop("the leader is gone", at_once=True)
     os._exit(LEADER_GONE_EXIT)
 
 
