@@ -5,14 +5,17 @@ loopback stand-ins of GitHub and the Messages API."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect import flow, get_client
 from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
 from flows._prefect import leader_session, state_result
@@ -368,9 +371,19 @@ def test_a_flow_run_being_cancelled_is_told_from_a_plain_interrupt() -> None:
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(context.flow_run.id, Cancelling(), force=True)
         seen.append(flow_run_cancelled())
+        with socket.socket() as blackhole:  # an API that accepts and never answers
+            blackhole.bind(("127.0.0.1", 0))
+            blackhole.listen(8)
+            api = f"http://127.0.0.1:{blackhole.getsockname()[1]}/api"
+            asked = time.monotonic()
+            with temporary_settings(updates={PREFECT_API_URL: api}):
+                seen.append(flow_run_cancelled())
+            waited.append(time.monotonic() - asked)
 
+    waited: list[float] = []
     probe(return_state=True)
-    assert seen == [False, True]
+    assert seen == [False, True, False]
+    assert waited[0] < 10  # not Prefect's retries of a 30 s timeout: the stop waits on it
     assert not flow_run_cancelled()  # outside a flow run
 
 

@@ -30,6 +30,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from flows._prefect import state_result
 from flows.config import ConfigError
@@ -72,6 +73,7 @@ from flows.secrecy import make_undumpable
 log = logging.getLogger(__name__)
 TIER_NAMES = dict(enumerate(PRIORITY_QUEUES, start=1))  # urgent, normal, low
 AUTO_PROCESSES_FROM = (8, 100)  # workers, issues
+CANCEL_CHECK_TIMEOUT_S = 3.0  # asking the API whether a stop is a cancellation
 
 
 def run_settings(config_path: str | None, overrides: dict[str, Any]) -> FleetConfig:
@@ -119,7 +121,8 @@ def fleet_plan(
         work = partial(_in_an_issue_process, processes, ctx, worker)
 
     def stop_units(reason: str) -> None:
-        reason = CANCELLED if flow_run_cancelled() else reason
+        if ctx.stop.reason is None and flow_run_cancelled():  # a second stop asks no API
+            reason = CANCELLED
         ctx.stop.stop(reason)
         if processes is not None:
             processes.stop(reason)
@@ -246,12 +249,18 @@ def read_deployment(client: SyncPrefectClient, name: str) -> DeploymentResponse:
 
 def flow_run_cancelled() -> bool:
     """Whether the current flow run is being cancelled: Prefect marks it Cancelling before
-    it signals the run's process. False when that cannot be told."""
+    it signals the run's process. False when that cannot be told within moments (asked
+    once, not retried: the agents and commands keep running until it is answered)."""
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         return False
     try:
-        with get_client(sync_client=True) as client:
+        with (
+            temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}),
+            get_client(
+                sync_client=True, httpx_settings={"timeout": CANCEL_CHECK_TIMEOUT_S}
+            ) as client,
+        ):
             state = client.read_flow_run(context.flow_run.id).state
     except Exception as exc:  # the API is down, say: taken for a plain interrupt
         log.warning("could not read the state of this flow run: %s", exc)
