@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from github import Auth, Github
 
+from flows.fleet.config import FleetConfig
+from flows.fleet.flow import merge_approved_pulls
 from flows.fleet.merge import MergeResult, merge_approved
 from flows.fleet.models import Issue, branch_name
 from flows.fleet.tracker import (
@@ -307,3 +310,18 @@ def test_approvals_of_outsiders_do_not_count(gh: FakeGitHub, tracker: GitHubTrac
     gh.add_review(pull, "maintainer", "APPROVED", association="COLLABORATOR")
     (result,) = merge_approved(tracker, enabled=True)
     assert result.merged and result.approved_by == ["maintainer"]
+
+
+def test_a_poll_goes_on_when_the_candidates_cannot_be_listed(
+    gh: FakeGitHub, tracker: GitHubTracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GitHub stumbling while auto-merge lists approved pull requests costs this poll its
+    merges (the next poll does them), not its issues."""
+    fleet_pull(gh)
+    connection = SimpleNamespace(
+        tracker=tracker, settings=FleetConfig(auto_merge_on_approval=True), name="acme/widgets"
+    )
+    gh.fail_next(50)
+    merges = merge_approved_pulls(connection)  # type: ignore[arg-type]
+    assert merges == []
+    assert "auto-merge skipped this poll" in caplog.text

@@ -54,7 +54,7 @@ from flows.fleet.processes import (
     NoIssueProcessError,
     ProcessSpec,
 )
-from flows.fleet.tracker import requeue_interrupted_claims
+from flows.fleet.tracker import TrackerError, requeue_interrupted_claims
 from flows.fleet.worker import (
     CANCELLED,
     FleetContext,
@@ -392,8 +392,14 @@ def resolve_issue_run(
 
 
 def merge_approved_pulls(connection: Connection) -> list[MergeResult]:
-    """auto_merge_on_approval: merge the fleet's approved pull requests; a table artifact."""
-    merges = merge_approved(connection.tracker, connection.settings.auto_merge_on_approval)
+    """auto_merge_on_approval: merge the fleet's approved pull requests; a table artifact.
+    A tracker that cannot list them is logged: the poll's issues still go on (the next
+    poll merges them)."""
+    try:
+        merges = merge_approved(connection.tracker, connection.settings.auto_merge_on_approval)
+    except TrackerError as exc:
+        log.warning("auto-merge skipped this poll: %s", exc)
+        return []
     if merges:
         rows = [{"pull": f"#{m.pull}", "issue": f"#{m.issue}", "merged": m.merged,
                  "reason": m.reason} for m in merges]  # fmt: skip
