@@ -231,7 +231,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         _prefect.require_api("distributed mode")
         check_pool_ready()
         overrides["workspace"] = str(workspace)  # the runs work in the deployment's directory
-    connect(settings)  # bad tokens, repositories or labels fail here, before any work
+    connect(settings).close()  # bad tokens, repositories or labels fail here, before any work
     overrides["mock_issues"] = 0  # test mode: the issues were just added
     config_path = str(resolve_config_path(args.config)) if args.config else None
     deadline = time.monotonic() + args.monitor_duration

@@ -83,6 +83,18 @@ class Connection:
     name: str
     source: str  # names the issue source in run tags and idempotency keys
     model_for: Any  # Callable[[Issue], Model]
+    closers: tuple[Callable[[], None], ...] = ()  # of the clients' connection pools
+
+    def close(self) -> None:
+        """Close the clients' connections (GitHub's, Claude's)."""
+        for close in self.closers:
+            close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def open_connection(
@@ -147,7 +159,7 @@ def _open_github(
 
     return Connection(settings, credentials, tracker, tracker.clone_url, tracker.default_branch,
                       GitAuth(token), credentials.repo, tracker.full_name,
-                      claude_model)  # fmt: skip
+                      claude_model, closers=(client.close, claude.close))  # fmt: skip
 
 
 def labels_of(settings: FleetConfig) -> Labels:

@@ -300,16 +300,16 @@ def fleet(
     """One poll: claim the ready issues and resolve them with parallel agents (in distributed
     mode: with `resolve-issue` runs on the work pool)."""
     settings = run_settings(config_path, overrides or {})
-    connection = connect(settings)
-    merge_approved_pulls(connection)
-    target = (Path(report_dir) if report_dir else default_report_dir(settings)).resolve()
-    if settings.mode == "distributed":
-        parameters = run_parameters(config_path, overrides or {})
-        return report_state(lead(distributed_plan(connection, target, parameters)))
-    spec = ProcessSpec(connection.settings, connection.credentials, target, claimant(),
-                       project_log_level())  # fmt: skip
-    with IssueProcesses(spec, heartbeat) as processes:
-        return report_state(lead(fleet_plan(connection, target, processes=processes)))
+    with connect(settings) as connection:
+        merge_approved_pulls(connection)
+        target = (Path(report_dir) if report_dir else default_report_dir(settings)).resolve()
+        if settings.mode == "distributed":
+            parameters = run_parameters(config_path, overrides or {})
+            return report_state(lead(distributed_plan(connection, target, parameters)))
+        spec = ProcessSpec(connection.settings, connection.credentials, target, claimant(),
+                           project_log_level())  # fmt: skip
+        with IssueProcesses(spec, heartbeat) as processes:
+            return report_state(lead(fleet_plan(connection, target, processes=processes)))
 
 
 def _in_an_issue_process(
@@ -358,10 +358,9 @@ def issue_poller(
     """Release the issues of lost runs, then start one `resolve-issue` run per ready issue
     (urgent first) and return without waiting: the work pool runs them."""
     settings = run_settings(config_path, overrides or {})
-    connection = connect(settings)
-    merge_approved_pulls(connection)
     parameters = run_parameters(config_path, overrides or {})
-    with get_client(sync_client=True) as client:
+    with connect(settings) as connection, get_client(sync_client=True) as client:
+        merge_approved_pulls(connection)
         target = read_deployment(client, deployment)
         released, units = sweep_then_ready(client, target, connection)
         source = connection.source
@@ -382,13 +381,13 @@ def resolve_issue_run(
 ) -> State[Any]:
     """One issue from claim to pull request, on whichever worker runs this."""
     settings = run_settings(config_path, {**(overrides or {}), "mock_issues": 0})
-    connection = connect(settings)
-    issue = connection.tracker.get(issue_number)
-    worker = worker_id()
-    target = Path(report_dir) if report_dir else default_report_dir(settings) / issue.name
-    plan = fleet_plan(connection, target.resolve(), issues=[issue], worker=worker)
-    plan.name = f"{plan.name}-{issue.name}"
-    return report_state(lead(plan))
+    with connect(settings) as connection:
+        issue = connection.tracker.get(issue_number)
+        worker = worker_id()
+        target = Path(report_dir) if report_dir else default_report_dir(settings) / issue.name
+        plan = fleet_plan(connection, target.resolve(), issues=[issue], worker=worker)
+        plan.name = f"{plan.name}-{issue.name}"
+        return report_state(lead(plan))
 
 
 def merge_approved_pulls(connection: Connection) -> list[MergeResult]:
