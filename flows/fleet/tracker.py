@@ -42,6 +42,7 @@ from flows.fleet.models import (
     Issue,
     PullRequest,
 )
+from flows.locks import file_lock
 
 # What a PyGithub call can raise: API errors, and network errors once its retries gave up.
 _API_ERRORS = (GithubException, requests.RequestException)
@@ -628,7 +629,7 @@ class LocalTracker:
         """Seed a new store with `issues` (their numbers kept); FileExistsError if one exists."""
         tracker = cls(path, labels)
         tracker._path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(tracker._create_lock):
+        with file_lock(tracker._create_lock):
             if tracker._path.exists() or tracker._data.exists():
                 raise FileExistsError(f"a tracker store already exists at {tracker._path}")
             records: dict[int, _LocalIssue] = {}
@@ -656,7 +657,7 @@ class LocalTracker:
     def add_missing_issues(self, issues: Iterable[tuple[str, str, list[str]]]) -> list[Issue]:
         """Add each (title, body, labels) unless an issue of that title exists; the added.
         One lock for the whole check, so two fleets seeding at once add each issue once."""
-        with _flock(self._lock_file("seed")):
+        with file_lock(self._lock_file("seed")):
             titles = {issue.title for issue in self.issues()}
             added = []
             for title, body, labels in issues:
@@ -721,7 +722,7 @@ class LocalTracker:
     def open_pull_request(self, issue: Issue, branch: str, title: str, body: str) -> PullRequest:
         key = _branch_key(branch)
         file = self._store() / "pulls" / f"{key}.json"
-        with _flock(self._lock_file(f"pull-{key}")):  # one creator per branch
+        with file_lock(self._lock_file(f"pull-{key}")):  # one creator per branch
             pull = _read_model(LocalPull, file) if file.exists() else None
             if pull is not None and pull.state != "open":
                 pull = None  # as on GitHub, a merged or closed one is not reopened: a new one
@@ -847,7 +848,7 @@ class LocalTracker:
         """Apply `change` to the pull request of `branch` under its lock, save it, return it."""
         key = _branch_key(branch)
         file = self._store() / "pulls" / f"{key}.json"
-        with _flock(self._lock_file(f"pull-{key}")):
+        with file_lock(self._lock_file(f"pull-{key}")):
             if not file.exists():
                 raise TrackerError(f"{self._path}: no pull request from {branch}")
             record = _read_model(LocalPull, file)
@@ -893,7 +894,7 @@ class LocalTracker:
         file = self._issue_file(number)
         if not file.exists():  # issues are never deleted, so checking before locking is safe
             raise _NoIssue(f"{self._path}: no issue #{number}")
-        with _flock(self._lock_file(f"issue-{int(number)}")):
+        with file_lock(self._lock_file(f"issue-{int(number)}")):
             record = _read_model(_LocalIssue, file)
             if not change(record):
                 return False
@@ -941,18 +942,6 @@ class LocalTracker:
             raise
         manifest = {"format": _FORMAT, "data": self._data.name}
         _write_atomic(self._path, (json.dumps(manifest, indent=2) + "\n").encode())
-
-
-@contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path` (created when missing). flock locks belong to the open file,
-    so threads of one process exclude each other as separate processes do."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _branch_key(branch: str) -> str:

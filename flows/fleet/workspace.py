@@ -45,7 +45,6 @@ scrubbed.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -65,6 +64,7 @@ from pygit2.enums import CheckoutStrategy, DiffOption, RepositoryOpenFlag
 
 from flows.commands import end_process_group
 from flows.fleet.models import branch_name
+from flows.locks import file_lock
 from flows.removal import remove_tree
 
 logger = logging.getLogger(__name__)
@@ -198,19 +198,6 @@ def _subcommand(args: Sequence[str]) -> str:
     return ""
 
 
-@contextmanager
-def _flock(path: Path, operation: int) -> Iterator[None]:
-    """Hold `fcntl.flock(operation)` on `path`; each call opens its own file description,
-    so the lock also separates threads of one process."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, operation)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def mirror_name(clone_url: str) -> str:
     """`owner-repo-<hash>`: readable, filesystem-safe, distinct for distinct URLs."""
     tail = "-".join(clone_url.rstrip("/").removesuffix(".git").split("/")[-2:])
@@ -248,7 +235,8 @@ class Mirror:
 
     def ensure(self) -> None:
         """Create the mirror, or fetch into it (pruning deleted refs), under the lock."""
-        with _flock(self.lock_path, fcntl.LOCK_EX):
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.lock_path):
             if self.exists():
                 self._git(["fetch", "--prune", "--quiet", "origin"], cwd=self.path)
             else:
@@ -556,7 +544,7 @@ def prepare_workspace(
     if path.exists() or path.is_symlink():
         remove_tree(path)  # refuses a symlink: never deletes outside the workspace
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _flock(mirror.lock_path, fcntl.LOCK_SH):  # the refs cannot move until cloned
+    with file_lock(mirror.lock_path, shared=True):  # the refs cannot move until cloned
         heads = _branch_heads(mirror, (default_branch, branch))
         default, remote = heads.get(default_branch), heads.get(branch)
         if default is None:

@@ -12,7 +12,6 @@ hit after the installed files were deleted (a fresh clone, a cleaned cache).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from flows.commands import RunStop, read_tail, run_command
 from flows.config import Command, ConfigError, PipelineConfig, SetupConfig, resolve_folder
+from flows.locks import file_lock
 from flows.removal import remove_tree
 from flows.report import SetupSummary
 
@@ -134,7 +134,7 @@ def run_setup(
     plan.cache_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text("")
-    with _locked(plan.cache_dir.with_name(plan.cache_dir.name + ".lock")):
+    with file_lock(plan.cache_dir.with_name(plan.cache_dir.name + ".lock")):
         if plan.hit:
             os.utime(plan.cache_dir / MARKER)  # pruning keeps the most recently used
             log_path.write_text(f"cache hit: {plan.cache_dir}\n")
@@ -165,8 +165,8 @@ def prune_old_caches(pipeline_root: Path, keep: int) -> None:
             done.append(((path / MARKER).stat().st_mtime, path))
     for _, old in sorted(done, reverse=True)[keep:]:
         with (
-            _locked(old.with_name(old.name + ".lock"), blocking=False) as building,
-            _locked(_use_lock(old), blocking=False) as used,
+            file_lock(old.with_name(old.name + ".lock"), blocking=False) as building,
+            file_lock(_use_lock(old), blocking=False) as used,
         ):
             if building and used:
                 try:
@@ -183,7 +183,7 @@ def cache_in_use(plan: SetupPlan | None) -> Iterator[None]:
         yield
         return
     plan.cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(_use_lock(plan.cache_dir), shared=True):
+    with file_lock(_use_lock(plan.cache_dir), shared=True):
         yield
 
 
@@ -202,20 +202,3 @@ def _summary(
         cache_dir=str(plan.cache_dir),
         log_tail="" if ok else read_tail(log_path),
     )
-
-
-@contextmanager
-def _locked(path: Path, blocking: bool = True, shared: bool = False) -> Iterator[bool]:
-    """Hold flock on `path` (exclusive, or shared); yields False when `blocking` is off and
-    the lock is taken."""
-    with path.open("a") as handle:
-        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(handle, flags)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
