@@ -442,7 +442,7 @@ def test_local_claim_release_finish(tmp_path: Path) -> None:
     assert tracker.comments(3) == ["Claimed by w3", "tests failed"]
     assert tracker.claim(Issue(number=99, title="unknown"), "w1") is False
     with pytest.raises(TrackerError, match="no issue #99"):
-        tracker.comment(Issue(number=99, title="unknown"), "hello")
+        tracker.finish(Issue(number=99, title="unknown"), True, "hello")
 
 
 def test_local_pull_requests_are_idempotent_and_share_numbers(tmp_path: Path) -> None:
@@ -613,7 +613,7 @@ def test_local_work_on_different_issues_does_not_wait(tmp_path: Path) -> None:
         free.start()
         free.join(5)
         assert results == {2: True} and time.monotonic() - started < 2
-        tracker.comment(two, "not waiting either")
+        tracker.finish(two, True, "not waiting either")
         tracker.add_issue("nor this")
         assert blocked.is_alive()  # issue 1 itself waits for its lock
     blocked.join(5)

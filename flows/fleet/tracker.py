@@ -151,8 +151,6 @@ class Tracker(Protocol):
         saw an error, or a 404 on the retry, and believed another worker had won)."""
         ...
 
-    def comment(self, issue: Issue, body: str) -> None: ...
-
     def open_pull_request(self, issue: Issue, branch: str, title: str, body: str) -> PullRequest:
         """Open a pull request from `branch`, or update the open one (created=False)."""
         ...
@@ -315,10 +313,6 @@ class GitHubTracker:
                 if not claimed_since:
                     found.append(_issue_from_json(issue))
         return found
-
-    def comment(self, issue: Issue, body: str) -> None:
-        with _api_errors(f"comment on {self._ref(issue)}"):
-            self._handle(issue).create_comment(body)
 
     def open_pull_request(self, issue: Issue, branch: str, title: str, body: str) -> PullRequest:
         # Always `owner:branch`: GitHub ignores a head filter without the owner.
@@ -711,13 +705,6 @@ class LocalTracker:
 
     def interrupted_claims(self, older_than_s: float = CLAIM_GRACE_S) -> list[Issue]:
         return []  # a local claim is one change under a lock: it happens whole or not at all
-
-    def comment(self, issue: Issue, body: str) -> None:
-        def post(record: _LocalIssue) -> bool:
-            record.comments.append(body)
-            return True
-
-        self._change(issue.number, post)
 
     def open_pull_request(self, issue: Issue, branch: str, title: str, body: str) -> PullRequest:
         key = _branch_key(branch)
