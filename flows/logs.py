@@ -12,9 +12,11 @@ PROJECT_LOGGER = "flows"
 
 
 def show_project_logs(level: int) -> None:
-    """Show the project's log lines at `level` and above on stderr (once per process)."""
+    """Show the project's log lines at `level` and above on stderr (once per process;
+    not passed on to the root logger, whose handler, Prefect's, would show them again)."""
     logger = logging.getLogger(PROJECT_LOGGER)
     logger.setLevel(level)
+    logger.propagate = False
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

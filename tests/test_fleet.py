@@ -349,6 +349,7 @@ def test_log_level_shows_the_agents_turns_and_rejects_nonsense(
     result = run_cli(fleet_args(workspace, "--mock-issues", "1"), {**cli_env, "LOG_LEVEL": "info"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "INFO flows.fleet.agent: turn 1" in result.stderr
+    assert result.stderr.count("turn 1") == 1, result.stderr  # not again in Prefect's format
     in_a_child = run_cli(fleet_args(workspace, "--mock-issues", "1", "--processes", "1"),
                          {**cli_env, "LOG_LEVEL": "info"})  # fmt: skip
     assert in_a_child.returncode == 0, in_a_child.stdout + in_a_child.stderr
