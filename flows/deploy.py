@@ -203,7 +203,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
 
 
 def run_fleet_command(args: argparse.Namespace) -> int:
-    from flows.fleet.config import load_fleet_config
+    from flows.fleet.config import load_fleet_config, refuse_options_of_other_modes
     from flows.fleet.flow import connect, default_report_dir, fleet
 
     overrides = {
@@ -216,6 +216,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     if args.simulate:
         overrides["simulate"] = True
     settings = load_fleet_config(args.config, overrides)
+    refuse_options_of_other_modes(settings, overrides)
     if args.mock_issues_file:  # absolute: runs in another directory find it too
         overrides["mock_issues_file"] = settings.mock_issues_file
     workspace_source = (

@@ -4,6 +4,7 @@ with the original's defaults and environment variables as fallback."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -174,11 +175,35 @@ def load_fleet_config(
         _validate(data, "environment", {"workspace": "WORKSPACE_DIR"})
     given = {key: value for key, value in overrides.items() if value is not None}
     if from_command_line:
-        source, names = "command line", {key: "--" + key.replace("_", "-") for key in given}
+        source, names = "command line", {key: _option(key) for key in given}
     else:
         source, names = "flow parameters", {key: f"overrides.{key}" for key in given}
     _anchor(given, "mock_issues_file", Path.cwd(), source, names.get("mock_issues_file"))
     return _validate({**data, **given}, source, names)
+
+
+TESTBED_ONLY = ("mock_issues", "mock_issues_file", "agent_seconds", "failure_rate")
+
+
+def refuse_options_of_other_modes(settings: FleetConfig, options: Mapping[str, object]) -> None:
+    """ConfigError for a command-line option (those given, not None) that the mode in
+    effect would silently ignore."""
+    given = {key for key, value in options.items() if value is not None and value is not False}
+    testbed = uses_testbed(settings)
+    ignored = [] if testbed else sorted(given & set(TESTBED_ONLY))
+    if ignored:
+        raise ConfigError("command line", _option(ignored[0]), "only for test mode (or "
+                          f"distributed --simulate); the mode is {settings.mode}")  # fmt: skip
+    if "simulate" in given and settings.mode != "distributed":
+        raise ConfigError("command line", "--simulate", "only for distributed mode (test "
+                          f"mode always simulates); the mode is {settings.mode}")  # fmt: skip
+    if "repo" in given and testbed:
+        raise ConfigError("command line", "--repo", "the testbed has its own repository (test "
+                          "mode, --simulate): use --mode local or distributed")  # fmt: skip
+
+
+def _option(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def _anchor(
