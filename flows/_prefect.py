@@ -484,17 +484,19 @@ def api_configured() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
-def check_api_reachable() -> None:
+def check_api_reachable(temporary_server_will_do: bool = True) -> None:
     """ConfigError when the configured PREFECT_API_URL does not answer its health check (asked
-    through Prefect's own client, so its TLS and API-key settings apply)."""
+    through Prefect's own client, so its TLS and API-key settings apply).
+    `temporary_server_will_do`: the command can run without PREFECT_API_URL (the hint says so)."""
     with get_client(sync_client=True) as client:
         problem = client.api_healthcheck()
     if problem is not None:
+        instead = (", or unset PREFECT_API_URL to run with a temporary local server"
+                   if temporary_server_will_do else "")  # fmt: skip
         raise ConfigError(
             "environment", "PREFECT_API_URL", f"no Prefect server answers at "
             f"{api_url_for_messages()} ({problem.__class__.__name__}): start one with "
-            "`prefect server start`, or unset PREFECT_API_URL to run with a temporary local "
-            "server",
+            f"`prefect server start`{instead}",
         )  # fmt: skip
 
 
@@ -516,7 +518,7 @@ def require_api(purpose: str) -> None:
             "server (`prefect server start`, then `prefect config set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api`)",
         )  # fmt: skip
-    check_api_reachable()
+    check_api_reachable(temporary_server_will_do=False)
 
 
 @contextlib.contextmanager

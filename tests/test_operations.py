@@ -151,7 +151,11 @@ def test_commands_needing_a_server_say_so(tmp_path: Path) -> None:
         result = run_cli(args, unreachable)
         assert result.returncode == 2, result.stderr
         assert "no Prefect server answers at http://127.0.0.1:9/api" in result.stderr
+        assert "temporary" not in result.stderr  # which these commands cannot use
         assert "Traceback" not in result.stderr
+    pipeline = run_cli(["pipeline", "--config", "examples/multi-agent-config.yml"], unreachable)
+    assert pipeline.returncode == 2
+    assert "or unset PREFECT_API_URL to run with a temporary local server" in pipeline.stderr
     unset = {k: v for k, v in unreachable.items() if k != "PREFECT_API_URL"}
     unset["PREFECT_HOME"] = str(tmp_path)
     result = run_cli(["init"], unset)
