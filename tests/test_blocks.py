@@ -270,6 +270,19 @@ def test_unreachable_server_is_a_clear_config_error() -> None:
             register_blocks()
 
 
+def test_a_block_without_a_server_to_hold_it_is_a_clear_error() -> None:
+    """Not Prefect's temporary server, which would start only to say it has no such block."""
+    settings = FleetConfig(mode="local", github_block="fleet-github")
+    with temporary_settings(updates={PREFECT_API_URL: ""}):
+        with pytest.raises(ConfigError) as error:
+            resolve_credentials(settings, ENV)
+    assert str(error.value) == (
+        "fleet settings: github_block: block fleet-github/fleet-github lives on a Prefect "
+        "server, but PREFECT_API_URL is not set: set it to the server that holds the block, "
+        "or leave the block out of the settings to use environment variables"
+    )
+
+
 def test_a_block_made_in_the_ui_with_a_bad_value_names_block_and_field(api: str) -> None:
     name = unique("ui-made")
     block_type = httpx.get(f"{api}/block_types/slug/fleet-agent").json()

@@ -23,7 +23,7 @@ from blocks.fleet import (
     github_block_from_env,
     prefect_api_errors,
 )
-from flows._prefect import api_url_for_messages
+from flows._prefect import api_configured, api_url_for_messages
 from flows.config import ConfigError, format_loc
 from flows.fleet.config import FleetConfig
 from flows.fleet.connection import FleetCredentials
@@ -76,7 +76,14 @@ def _agent(settings: FleetConfig, env: Mapping[str, str]) -> tuple[FleetAgent, s
 
 def load_block(block_type: type[BlockT], name: str, field: str) -> BlockT:
     """`block_type.load(name)` with ConfigErrors for a missing block, a block whose values
-    no longer fit its type (e.g. made in the UI) and an unreachable server."""
+    no longer fit its type (e.g. made in the UI), an unreachable server, or none set: blocks
+    live on the server PREFECT_API_URL names (Prefect's temporary one would have none)."""
+    if not api_configured():
+        raise ConfigError(
+            "fleet settings", field, f"{_source(block_type, name)} lives on a Prefect server, "
+            "but PREFECT_API_URL is not set: set it to the server that holds the block, or "
+            "leave the block out of the settings to use environment variables",
+        )  # fmt: skip
     with prefect_api_errors():
         try:
             loaded = block_type.load(name)
