@@ -9,6 +9,7 @@ published on the way.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,8 @@ from flows.report import (
     write_report,
 )
 from flows.scheduler import Observer, R, Scheduler, Tier, U, WorkUnit, interrupt_reason
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -175,10 +178,12 @@ def report_state(report: Report) -> State[Any]:
 
 
 def _notify(report: Report, notifications: Notifications) -> None:
-    """Send the outcome to the configured channels; a failed delivery is only a warning."""
+    """Send the outcome to the configured channels; a failed delivery is only a warning,
+    in the run's logs (the UI) and on the terminal (which shows no run log lines)."""
     problems = notify(report, notifications, _prefect.flow_run_url(report.flow_run_id))
     for problem in problems:
         get_run_logger().warning(problem)
+        log.warning(problem)
 
 
 def _run_setup(setup: Callable[[], SetupSummary] | None) -> SetupSummary:

@@ -218,16 +218,19 @@ def test_notifications_in_yaml(tmp_path: Path) -> None:
 def test_pipeline_and_fleet_runs_notify_the_configured_endpoint(
     tmp_path: Path, endpoint: Endpoint, cli_env: dict[str, str]
 ) -> None:
-    """The wiring: a run's own notifications section, end to end through the CLI."""
+    """The wiring: a run's own notifications section, end to end through the CLI; a
+    failed delivery is told on the terminal."""
+    dead = f"json://127.0.0.1:{closed_port()}/hook"
     config = write_config(tmp_path, f"""
         name: notified
         notifications:
-          urls: ["{endpoint.url('pipeline')}"]
+          urls: ["{endpoint.url('pipeline')}", "{dead}"]
         tasks:
           - {{name: broken, priority: 1, run: "exit 3"}}
         """)  # fmt: skip
     result = run_cli(["pipeline", "--config", str(config)], cli_env)
     assert result.returncode == 1, result.stdout + result.stderr
+    assert "notification 2 of 2 failed" in result.stdout + result.stderr
     fleet_config = write_config(tmp_path, f"""
         fleet:
           workspace: {tmp_path / "ws"}
