@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from flows.notify import Notifications
 
@@ -135,7 +136,7 @@ class SetupConfig(StrictModel):
         default_factory=list,
         description="Files (relative to workdir) whose content hash keys the setup cache.",
     )
-    path: list[str] = Field(
+    path: list[RelativePath] = Field(
         default_factory=list,
         description="Folders inside the cache dir put first on PATH for setup and workers.",
     )
@@ -229,7 +230,11 @@ def describe_validation_error(error: Any) -> tuple[str, str]:
     elif given is not None and not isinstance(given, dict | list):
         message = f"{message}; got {given!r}"
     if kind == "float_type" and isinstance(given, str) and _looks_like_a_number(given):
-        message += " (YAML reads a number like 1e3 as text: write 1000 or 1.0e+3)"
+        message += (
+            " (YAML reads a number like 1e3 as text: write 1000 or 1.0e+3)"
+            if "e" in given.lower()
+            else " (a quoted number is text: leave out the quotes)"
+        )
     return format_loc(loc), message
 
 
@@ -239,6 +244,16 @@ def _looks_like_a_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _wrong_branch(error: ErrorDetails) -> bool:
+    """A command's error from the branch its value did not take: a list said not to be a
+    string (the list branch's error names the entry that is wrong), or anything but a list
+    said not to be a list (the string branch's error says what it is)."""
+    loc, given = error["loc"], error.get("input")
+    return ("str" in loc and isinstance(given, list)) or (
+        bool(loc) and loc[-1] == "list[str]" and not isinstance(given, list)
+    )
 
 
 def _is_union_tag(part: str | int) -> bool:
@@ -252,8 +267,9 @@ def parse_config(data: Any, file: Path | str) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        field, problem = describe_validation_error(exc.errors()[0])
-        more = len(exc.errors()) - 1
+        errors = [error for error in exc.errors() if not _wrong_branch(error)] or exc.errors()
+        field, problem = describe_validation_error(errors[0])
+        more = len(errors) - 1
         if more:
             problem += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise ConfigError(file, field, problem) from None

@@ -78,7 +78,12 @@ TASK = GOOD_TASK.removesuffix("}")  # to add keys: f"{TASK}, timeout: 5}}"
          "finite number"),
         # no type coercion
         (f"name: x\ntasks: [{TASK}, timeout: true}}]\n", "tasks[0].timeout", "valid number"),
-        (f'name: x\ntasks: [{TASK}, timeout: "5"}}]\n', "tasks[0].timeout", "valid number"),
+        (f'name: x\ntasks: [{TASK}, timeout: "5"}}]\n', "tasks[0].timeout",
+         "valid number; got '5' (a quoted number is text: leave out the quotes)"),
+        ('name: x\ntasks: [{name: a, priority: 1, run: [echo, 3]}]\n', "tasks[0].run[1]",
+         "Input should be a valid string; got 3"),  # the entry, not "not a string"
+        (f'name: x\nsetup: {{run: ["true"], path: [../bin]}}\ntasks: [{TASK}}}]\n',
+         "setup.path[0]", "must be a relative path that stays inside its folder"),
         (f'name: x\nfail_fast: "yes"\ntasks: [{GOOD_TASK}]\n', "fail_fast", "valid boolean"),
         (f"name: x\ntasks: [{TASK}, continue_on_error: 1}}]\n", "tasks[0].continue_on_error",
          "valid boolean"),

@@ -328,7 +328,7 @@ def test_cli_exit_codes_and_dry_run(tmp_path: Path, cli_env: dict[str, str]) -> 
         tmp_path, 'name: bad\ntasks: [{name: a, priority: 1, run: "exit 1"}]\n', "bad.yml"
     )
     dry = run_cli(["pipeline", "--config", str(good), "--dry-run"], cli_env)
-    assert dry.returncode == 0 and "Tier 1 (priority-1): 1 tasks on 1 worker slots" in dry.stdout
+    assert dry.returncode == 0 and "Tier 1 (priority-1): 1 task on 1 worker slot" in dry.stdout
     assert not marker.exists()
     ok = run_cli(["pipeline", "--config", str(good), "--report-dir", str(tmp_path / "r1")], cli_env)
     assert ok.returncode == 0, ok.stdout + ok.stderr

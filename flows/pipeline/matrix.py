@@ -82,14 +82,16 @@ def build_matrix(
 def describe_matrix(matrix: Matrix) -> str:
     """The matrix as text, for --dry-run and the start of a run."""
     lines = [
-        f"Pipeline {matrix.name}: {len(matrix.tasks)} tasks in {len(matrix.tiers)} tiers, "
+        f"Pipeline {matrix.name}: {_count(len(matrix.tasks), 'task')} in "
+        f"{_count(len(matrix.tiers), 'tier')}, "
         f"max_parallel {matrix.max_parallel}, fail_fast {str(matrix.fail_fast).lower()}",
         f"workdir {matrix.workdir}",
     ]
     for tier in matrix.tiers:
         slots = min(matrix.max_parallel, len(tier.units))
         lines.append(
-            f"\nTier {tier.priority} ({tier.name}): {len(tier.units)} tasks on {slots} worker slots"
+            f"\nTier {tier.priority} ({tier.name}): {_count(len(tier.units), 'task')} on "
+            f"{_count(slots, 'worker slot')}"
         )
         width = max(len(t.name) for t in tier.units)
         for task in tier.units:
@@ -100,3 +102,7 @@ def describe_matrix(matrix: Matrix) -> str:
                 extras.append("stops later tiers on failure")
             lines.append(f"  {task.name:<{width}}  {task.command_text}  ({', '.join(extras)})")
     return "\n".join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
