@@ -641,7 +641,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from benchmarks.common import RESULTS, add_output_options, write_results
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--issues", type=int, default=40)
     parser.add_argument("--workers", type=int, nargs="+", default=list(WORKERS))
     parser.add_argument("--agent-seconds", type=float, default=1.0)

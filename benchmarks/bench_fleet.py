@@ -218,7 +218,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from benchmarks.common import add_output_options, write_results
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--repeats", type=int, default=3, help="runs per worker count")
     parser.add_argument("--large-issues", type=int, default=1000)
     parser.add_argument("--large-workers", type=int, default=50)

@@ -298,7 +298,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from benchmarks.common import add_output_options, write_results
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--large-tasks", type=int, default=1000)
     parser.add_argument("--skip-example", action="store_true")

@@ -62,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="fleet YAML for the runs")
-    parser.add_argument("--pipeline-config", default=DEFAULT_PIPELINE)
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="fleet YAML for the runs (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--pipeline-config", default=DEFAULT_PIPELINE,
+                        help="the pipeline deployment's YAML (default: %(default)s)")  # fmt: skip
     schedule = parser.add_mutually_exclusive_group()
     schedule.add_argument("--interval", type=seconds, help="poll every N seconds (default 300)")
     schedule.add_argument("--cron", help="poll on a cron schedule instead, e.g. '*/5 * * * *'")

@@ -104,14 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser(
         "init", help="prepare the Prefect server: work pool and fleet size, crash detection"
     )
-    init.add_argument("--pool", default="local-process", help="work pool name")
+    init.add_argument("--pool", default="local-process",
+                      help="work pool name (default: %(default)s)")  # fmt: skip
     init.add_argument("--type", default="process", choices=("process", "docker"),
-                      dest="pool_type", help="work pool type")  # fmt: skip
+                      dest="pool_type", help="work pool type (default: %(default)s)")  # fmt: skip
     init.add_argument("--workers", type=positive_int, default=3,
-                      help="the pool's concurrency limit: the fleet size")  # fmt: skip
+                      help="the pool's concurrency limit, the fleet size "
+                      "(default: %(default)s)")  # fmt: skip
     init.add_argument("--crash-after", type=positive_int, default=75, metavar="SECONDS",
                       help="mark a run Crashed after this long without a heartbeat "
-                      "(at least 60: runs beat every 30 s)")  # fmt: skip
+                      "(at least 60: runs beat every 30 s; default: %(default)s)")  # fmt: skip
     init.set_defaults(handler=run_init_command)
 
     blocks = commands.add_parser("blocks", help="credentials as Prefect blocks")

@@ -273,9 +273,8 @@ def test_unreachable_server_is_a_clear_config_error() -> None:
 def test_a_block_without_a_server_to_hold_it_is_a_clear_error() -> None:
     """Not Prefect's temporary server, which would start only to say it has no such block."""
     settings = FleetConfig(mode="local", github_block="fleet-github")
-    with temporary_settings(updates={PREFECT_API_URL: ""}):
-        with pytest.raises(ConfigError) as error:
-            resolve_credentials(settings, ENV)
+    with temporary_settings(updates={PREFECT_API_URL: ""}), pytest.raises(ConfigError) as error:
+        resolve_credentials(settings, ENV)
     assert str(error.value) == (
         "fleet settings: github_block: block fleet-github/fleet-github lives on a Prefect "
         "server, but PREFECT_API_URL is not set: set it to the server that holds the block, "

@@ -188,10 +188,14 @@ def test_rerun_after_a_crash_updates_the_existing_pull_request(
         (["--monitor-duration", "nan"], "--monitor-duration: expected a finite, non-negative"),
         (["--workspace", "/dev/null"], "--workspace: '/dev/null' is not a folder"),
         (["--report-dir", "/dev/null/report"], "--report-dir: '/dev/null' is not a folder"),
-        (["--mode", "local", "--repo", "acme/widgets", "--agent-seconds", "3"],
-         "--agent-seconds: only for test mode (or distributed --simulate); the mode is local"),
-        (["--mode", "local", "--repo", "acme/widgets", "--simulate"],
-         "--simulate: only for distributed mode"),
+        (
+            ["--mode", "local", "--repo", "acme/widgets", "--agent-seconds", "3"],
+            "--agent-seconds: only for test mode (or distributed --simulate); the mode is local",
+        ),
+        (
+            ["--mode", "local", "--repo", "acme/widgets", "--simulate"],
+            "--simulate: only for distributed mode",
+        ),
         (["--repo", "acme/widgets"], "--repo: the testbed has its own repository"),
     ],
 )

@@ -71,7 +71,7 @@ def fleet_command(workspace: Path, workers: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--run", action="store_true", help="run the fleet once, then stop")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dir", type=Path, help="folder for the remote and the workspace")
