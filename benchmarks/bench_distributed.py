@@ -647,11 +647,12 @@ def main() -> int:
     parser.add_argument("--agent-seconds", type=float, default=1.0)
     add_output_options(parser, "8 issues, 1 and 2 workers")
     parser.add_argument("--render", action="store_true",
-                        help="only rewrite distributed.md from distributed.json")  # fmt: skip
+                        help="only rewrite --out/distributed.md from its .json")  # fmt: skip
     args = parser.parse_args()
     if args.render:
-        stored = json.loads((RESULTS / "distributed.json").read_text())
-        (RESULTS / "distributed.md").write_text(render(stored))
+        folder = args.out or RESULTS
+        stored = json.loads((folder / "distributed.json").read_text())
+        (folder / "distributed.md").write_text(render(stored))
         print(render(stored))
         return 0
     if args.quick:
