@@ -101,7 +101,9 @@ class StatusBoard:
         table = Table(title=f"{self.title} · {time.strftime('%H:%M:%S')}")
         for column in ("worker", "status", "completed", "failed", "cost", "current", "uptime",
                        "heartbeat"):  # fmt: skip
-            table.add_column(column)
+            # narrow terminals: who and what are never cut short; the activity wraps
+            table.add_column(column, no_wrap=column in ("worker", "status"),
+                             overflow="fold" if column == "current" else "ellipsis")  # fmt: skip
         with self._lock:
             workers = sorted(self._workers.values(), key=lambda w: w.name)
             for w in workers:
