@@ -401,7 +401,10 @@ def prefect_api() -> Iterator[bool]:
     """
     if _prefect.api_configured():
         _prefect.check_api_reachable()
-        yield False
+        try:
+            yield False
+        finally:
+            _prefect.drain_prefect_workers()  # sent before exit, without Prefect's warnings
         return
     print("No PREFECT_API_URL set: starting a local Prefect server for this run...", flush=True)
     with _prefect.local_server() as url:
