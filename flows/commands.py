@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from flows.interrupts import SIGNAL_CHECK_S
 from flows.rss import RssSampler
@@ -222,26 +222,11 @@ def run_command(
                               peak_rss_mb=None, error=f"not started: {stop.reason}",
                               interrupted=True)  # fmt: skip
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    argv = to_argv(command, env.get("PATH", os.defpath))
-    direct = isinstance(command, str) and argv != shell_argv(command)
     limit_files = None if max_file_bytes is None else _file_size_limiter(max_file_bytes)
     with log_path.open("ab") as log:
         started_at = _now()
-
-        def start(argv: list[str]) -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_files,
-            )  # fmt: skip
-
         try:
-            try:
-                process = start(argv)
-            except OSError as exc:
-                if not (direct and exc.errno == errno.ENOEXEC):
-                    raise
-                assert isinstance(command, str)
-                direct, process = False, start(shell_argv(command))  # a script without #!
+            process, direct = _start(command, cwd, env, log, limit_files)
         except OSError as exc:
             message = f"cannot start command: {exc.strerror or exc}"
             log.write(f"{message}\n".encode())
@@ -264,14 +249,7 @@ def run_command(
                 stop._untrack(watchdog)
         peak_rss_mb = rss.release(process.pid) if rss is not None else None
     ended_at = _now()
-    # Stragglers, while the exited leader still holds the group's id (not yet reaped, its
-    # pid cannot be reused: no other process's group can be hit).
-    _kill_group(process.pid, signal.SIGKILL)
-    status = os.waitpid(process.pid, 0)[1]
-    exit_code = os.waitstatus_to_exitcode(status)
-    process.returncode = exit_code  # reaped here: tell Popen so it does not wait again
-    if direct and exit_code < 0:
-        exit_code = 128 - exit_code  # as `sh -c` reports a command killed by a signal
+    exit_code = _reap(process, direct)
     interrupted = watchdog.interrupted  # even if it then exits 0: it was cut short
     if watchdog.fired or interrupted:
         why = f"timed out after {timeout:g}s" if watchdog.fired else f"stopped: {_reason(stop)}"
@@ -285,6 +263,47 @@ def run_command(
         peak_rss_mb=peak_rss_mb,
         interrupted=interrupted,
     )
+
+
+def _start(
+    command: str | Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    log: BinaryIO,
+    limit_files: Callable[[], None] | None,
+) -> tuple[subprocess.Popen[bytes], bool]:
+    """Start `command` in a session of its own, its output to `log`; and whether it runs
+    `direct`ly, without the shell (a plain command line, see `to_argv`). A plain command
+    that is a script without #! runs through the shell after all. OSError if it cannot."""
+    argv = to_argv(command, env.get("PATH", os.defpath))
+    direct = isinstance(command, str) and argv != shell_argv(command)
+
+    def start(argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_files,
+        )  # fmt: skip
+
+    try:
+        return start(argv), direct
+    except OSError as exc:
+        if not (direct and exc.errno == errno.ENOEXEC):
+            raise
+        assert isinstance(command, str)
+        return start(shell_argv(command)), False
+
+
+def _reap(process: subprocess.Popen[bytes], direct: bool) -> int:
+    """The exit code of a command that has exited (`_wait_for_exit`), as `sh -c` would
+    report it; what is left of its group is killed first, while the exited leader still
+    holds the group's id (unreaped, its pid cannot be reused: no other group is hit)."""
+    _kill_group(process.pid, signal.SIGKILL)
+    status = os.waitpid(process.pid, 0)[1]
+    exit_code = os.waitstatus_to_exitcode(status)
+    process.returncode = exit_code  # reaped here: tell Popen so it does not wait again
+    if direct and exit_code < 0:
+        return 128 - exit_code  # as `sh -c` reports a command killed by a signal
+    return exit_code
 
 
 def _wait_for_exit(pid: int) -> None:

@@ -110,38 +110,22 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
     progress = _Progress(plan, publisher)
     for observer in observers:
         observer.run_started(str(flow_run_id) if flow_run_id else None)
-    interruption: BaseException | None = None
     try:
         with plan.holding():
-            try:
-                setup = _run_setup(plan.setup)
-            except BaseException as exc:
-                if isinstance(exc, Exception):
-                    raise
-                interruption = exc
-                setup = SetupSummary(
-                    cache_hit=False,
-                    duration_s=round(time.perf_counter() - clock, 3),
-                    status="failed",
-                    log_tail=f"setup stopped: {interrupt_reason(exc)}",
-                )
+            setup, interruption = _setup_unless_interrupted(plan, clock)
             if setup.status == "failed":
                 why = interrupt_reason(interruption) if interruption else "setup failed"
-                results = [plan.skipped(unit, why) for unit in plan.units]
+                results = _skip_all(plan, why, [progress, *observers])
                 timings: list[TierTiming] = []
-                for result in results:
-                    for observer in [progress, *observers]:
-                        observer.unit_finished(result)
             else:
                 results, timings, interruption = _run_tiers(plan, [progress, *observers])
-        ended_at = datetime.now(UTC)
         wall_s = time.perf_counter() - clock
         report = Report(
             kind=plan.kind,
             name=plan.name,
             flow_run_id=str(flow_run_id) if flow_run_id else None,
             started_at=started_at,
-            ended_at=ended_at,
+            ended_at=datetime.now(UTC),
             wall_s=round(wall_s, 3),
             summary=summarize(results, timings, wall_s),
             setup=setup,
@@ -149,21 +133,56 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
             tasks=results,
             interrupted=interrupt_reason(interruption) if interruption else None,
         )
-        tier_names = {tier.priority: tier.name for tier in plan.tiers}
-        write_report(report, plan.report_dir, tier_names)
-        _publish_tables(plan, report, publisher)
-        publisher.markdown(
-            _prefect.artifact_key(plan.kind, plan.name, "report"),
-            render_markdown(report, tier_names),
-            f"{plan.kind} report: {plan.name}",
-        )
-        if plan.notifications is not None:
-            _notify(report, plan.notifications)
+        _publish_report(plan, report, publisher)
         if interruption is not None:
             raise interruption
         return report
     finally:
         _prefect.release_publisher(publisher)
+
+
+def _setup_unless_interrupted(
+    plan: LeaderPlan[Any, Any], clock: float
+) -> tuple[SetupSummary, BaseException | None]:
+    """The setup's summary; interrupted (Ctrl-C, SIGTERM), a failed one and the interrupt,
+    to raise once the report is out."""
+    try:
+        return _run_setup(plan.setup), None
+    except Exception:
+        raise
+    except BaseException as exc:
+        stopped = SetupSummary(
+            cache_hit=False,
+            duration_s=round(time.perf_counter() - clock, 3),
+            status="failed",
+            log_tail=f"setup stopped: {interrupt_reason(exc)}",
+        )
+        return stopped, exc
+
+
+def _skip_all(plan: LeaderPlan[U, R], why: str, observers: Sequence[Observer]) -> list[R]:
+    """Every unit skipped (the setup failed), each told to the observers."""
+    results = [plan.skipped(unit, why) for unit in plan.units]
+    for result in results:
+        for observer in observers:
+            observer.unit_finished(result)
+    return results
+
+
+def _publish_report(
+    plan: LeaderPlan[Any, Any], report: Report, publisher: _prefect.ArtifactPublisher
+) -> None:
+    """The report as files, tier tables and a markdown artifact; the notifications."""
+    tier_names = {tier.priority: tier.name for tier in plan.tiers}
+    write_report(report, plan.report_dir, tier_names)
+    _publish_tables(plan, report, publisher)
+    publisher.markdown(
+        _prefect.artifact_key(plan.kind, plan.name, "report"),
+        render_markdown(report, tier_names),
+        f"{plan.kind} report: {plan.name}",
+    )
+    if plan.notifications is not None:
+        _notify(report, plan.notifications)
 
 
 def report_state(report: Report) -> State[Any]:

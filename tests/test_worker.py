@@ -114,6 +114,7 @@ def test_what_the_checks_keep_in_home_stays_out_of_the_pull_request(tmp_path: Pa
     result = resolve_issue(IssueUnit(issue, 1), "worker-01", ctx)
 
     assert result.status == "succeeded", result.log_tail
+    assert not (tmp_path / "ws" / "worker-01").exists()  # cleaned up, its worker's folder too
     assert sorted(pushed_files(connection, issue.branch)) == [
         ".multi-agent.yml",
         "README.md",

@@ -14,7 +14,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,6 +137,8 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
         ):
             with run.stage("cleanup"):
                 workspace.cleanup()
+                with suppress(OSError):  # the worker's folder, once it holds nothing more
+                    os.rmdir(workspace.path.parent)
     return _result(run, unit, worker, started)
 
 
