@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -240,6 +241,8 @@ def run_command(
             stop._track(watchdog)
         _wait_for_exit(process.pid)
     except BaseException:  # nothing it started may outlive the run that gives up on it
+        if watchdog is not None:
+            watchdog.child_exited()  # no signal from it after this: the group is ours to end
         end_process_group(process, kill_grace)
         raise
     finally:
@@ -330,12 +333,21 @@ def end_process_group(process: subprocess.Popen[Any], grace: float = KILL_GRACE_
     another interrupt cuts the wait short), and reap it."""
     _kill_group(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
+        deadline = time.monotonic() + grace
+        while not _has_exited(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
-        _kill_group(process.pid, signal.SIGKILL)
+        _kill_group(process.pid, signal.SIGKILL)  # the exited leader, unreaped, holds its id
         process.wait()
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the child `pid` has exited, leaving it unreaped (its pid, and so its group's
+    id, cannot be reused until it is)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
+    except ChildProcessError:  # reaped already
+        return True
 
 
 def _reason(stop: RunStop | None) -> str:
@@ -417,7 +429,8 @@ class _Watchdog:
         self._kill_if_running()
 
     def child_exited(self) -> None:
-        """The child exited (not yet reaped): no signal is sent to its group after this."""
+        """The watchdog's work is over: the child exited (not yet reaped), or the caller
+        ends its group itself. No signal is sent to the group after this returns."""
         with self._lock:
             self._exited.set()
         self._timer.cancel()

@@ -230,12 +230,19 @@ def describe_validation_error(error: Any) -> tuple[str, str]:
     elif given is not None and not isinstance(given, dict | list):
         message = f"{message}; got {given!r}"
     if kind == "float_type" and isinstance(given, str) and _looks_like_a_number(given):
-        message += (
-            " (YAML reads a number like 1e3 as text: write 1000 or 1.0e+3)"
-            if "e" in given.lower()
-            else " (a quoted number is text: leave out the quotes)"
-        )
+        message += _number_as_text_hint(given)
     return format_loc(loc), message
+
+
+def _number_as_text_hint(text: str) -> str:
+    """Why YAML gave a number as text: it was quoted, or written in a form YAML 1.1 does
+    not read as a number (1e3)."""
+    unquoted = yaml.safe_load(text)
+    if isinstance(unquoted, int | float) and not isinstance(unquoted, bool):
+        return " (a quoted number is text: leave out the quotes)"
+    if "e" in text.lower() and text.lower() not in {"inf", "infinity", "-inf", "-infinity"}:
+        return " (YAML reads a number like 1e3 as text: write 1000 or 1.0e+3)"
+    return ""
 
 
 def _looks_like_a_number(text: str) -> bool:

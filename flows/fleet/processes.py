@@ -41,6 +41,8 @@ from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psutil
+
 import flows
 from flows.commands import RunStop
 from flows.fleet.config import FleetConfig
@@ -334,10 +336,13 @@ def _exit_with_leader(inbox: Pipe, stop: RunStop) -> None:
 
 
 def _leader_gone(stop: RunStop) -> NoReturn:
-    """The leader is gone: so are its workers, as its threads would be, and the commands
-    they run, killed now (each in a session of its own, they would outlive this process,
-    and their timeouts with it)."""
-    stop.stop("the leader is gone", at_once=True)
+    """The leader is gone: so are its workers, as its threads would be, and whatever they
+    run, killed now: agents' commands, checks, git calls (each in a session of its own,
+    they would outlive this process, and their timeouts with it)."""
+    stop.stop("the leader is gone", at_once=True)  # no new command starts
+    for child in psutil.Process().children():  # unreaped, each still holds its group's id
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
     os._exit(LEADER_GONE_EXIT)
 
 

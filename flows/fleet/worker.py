@@ -263,7 +263,10 @@ def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
     except ConfigError as exc:
         return CheckReport(False, f"invalid checks config: {exc}")
     report_dir = ctx.report_dir / "checks" / issue.name
-    with tempfile.TemporaryDirectory(prefix="fleet-checks-") as home, cache_in_use(setup):
+    with (
+        tempfile.TemporaryDirectory(prefix="fleet-checks-", ignore_cleanup_errors=True) as home,
+        cache_in_use(setup),
+    ):
         env = cache_env(setup, scrubbed_env(os.environ, home=Path(home)))
         if setup is not None:
             summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log",
