@@ -86,6 +86,7 @@ def test_mock_issues_from_a_file_are_resolved_once(tmp_path: Path, cli_env: dict
     args = fleet_args(workspace, "--mock-issues", "0", "--mock-issues-file", str(issues))
     first = run_cli(args, cli_env)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "   mirror: created, " in first.stdout  # its setup step, in the fleet's words
     store = tracker(workspace)
     assert [(i.title, i.number) for i in store.issues()] == [
         (hostile, 1),
@@ -96,6 +97,7 @@ def test_mock_issues_from_a_file_are_resolved_once(tmp_path: Path, cli_env: dict
     assert [(t["issue"], t["priority"]) for t in report["tasks"]] == [(1, 1), (2, 2)]
     second = run_cli(args, cli_env)
     assert second.returncode == 0, second.stdout + second.stderr
+    assert "   mirror: updated, " in second.stdout
     assert len(store.issues()) == 2 and len(store.pulls()) == 2
 
 
