@@ -97,7 +97,6 @@ def test_mock_issues_from_a_file_are_resolved_once(tmp_path: Path, cli_env: dict
     assert [(t["issue"], t["priority"]) for t in report["tasks"]] == [(1, 1), (2, 2)]
     second = run_cli(args, cli_env)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "   mirror: updated, " in second.stdout
     assert len(store.issues()) == 2 and len(store.pulls()) == 2
 
 
@@ -171,7 +170,9 @@ def test_rerun_after_a_crash_updates_the_existing_pull_request(
     store = tracker(workspace)
     # as if a crashed run had left the issue: ready again, branch and PR already there
     store.release(store.issues()[0], "simulated crash")
-    assert run_cli(fleet_args(workspace, "--mock-issues", "0"), cli_env).returncode == 0
+    rerun = run_cli(fleet_args(workspace, "--mock-issues", "0"), cli_env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "   mirror: updated, " in rerun.stdout
     assert len(store.pulls()) == 1
     assert remote_branches(workspace) == {"main", "ai-feature/issue-1"}
 
