@@ -625,20 +625,26 @@ def test_an_interrupted_git_call_kills_its_process_group(tmp_path: Path) -> None
         blackhole.listen(8)
         url = f"http://127.0.0.1:{blackhole.getsockname()[1]}/repo.git"
 
+        ended = threading.Event()  # the clone ended without the interrupt: send none
+
         def interrupt_once_git_runs() -> None:
             deadline = time.monotonic() + 30
-            while len(seen) < 2 and time.monotonic() < deadline:
+            while len(seen) < 2 and time.monotonic() < deadline and not ended.is_set():
                 for proc in psutil.process_iter(["cmdline"]):
                     if url in " ".join(proc.info["cmdline"] or []):
                         seen.add(proc.pid)
                 time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGINT)
+            if not ended.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
 
         interrupter = threading.Thread(target=interrupt_once_git_runs)
         interrupter.start()
         try:
             with pytest.raises(KeyboardInterrupt):
-                Mirror(tmp_path / "fleet", url, timeout=600).ensure()
+                try:
+                    Mirror(tmp_path / "fleet", url, timeout=600).ensure()
+                finally:
+                    ended.set()
             interrupter.join()
             assert len(seen) >= 2  # git clone and its git-remote-http child
             assert all(wait_until_gone(pid) for pid in seen)
