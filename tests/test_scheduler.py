@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -48,15 +49,22 @@ def crashed(unit: Unit, worker: str, error: BaseException) -> UnitResult:
                       log_tail=str(error))  # fmt: skip
 
 
+def pooled(
+    pool: ThreadPoolExecutor,
+    unit_work: Callable[[Unit, str], UnitResult],
+    max_parallel: int,
+    **options: Any,
+) -> Scheduler[Unit, UnitResult]:
+    """A scheduler that runs `unit_work(unit, worker)` for each unit on `pool`."""
+    return Scheduler(
+        submit=lambda unit, worker, report: pool.submit(unit_work, unit, worker),
+        skipped=skipped, crashed=crashed, max_parallel=max_parallel, **options,
+    )  # fmt: skip
+
+
 def run(units: list[Unit], max_parallel: int, fail_fast: bool = False) -> list[UnitResult]:
     with ThreadPoolExecutor(max_workers=max_parallel) as pool:
-        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
-            submit=lambda unit, worker, report: pool.submit(work, unit, worker),
-            skipped=skipped,
-            crashed=crashed,
-            max_parallel=max_parallel,
-            fail_fast=fail_fast,
-        )  # fmt: skip
+        scheduler = pooled(pool, work, max_parallel, fail_fast=fail_fast)
         results, _ = scheduler.run(build_tiers(units))
     return results
 
@@ -283,13 +291,7 @@ def test_an_interrupt_stops_the_units_skips_the_rest_and_is_kept_for_the_caller(
 
     units = [Unit(f"a{i}", 1) for i in range(4)] + [Unit("b0", 2)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
-            submit=lambda unit, worker, report: pool.submit(stoppable, unit, worker),
-            skipped=skipped,
-            crashed=crashed,
-            max_parallel=2,
-            on_interrupt=on_interrupt,
-        )  # fmt: skip
+        scheduler = pooled(pool, stoppable, 2, on_interrupt=on_interrupt)
 
         def interrupt_twice_once_two_run() -> None:
             while len(started) < 2:
@@ -331,13 +333,7 @@ def test_an_interrupt_given_to_another_thread_is_handled_at_once() -> None:
         signal.pthread_kill(unit_threads[0], signal.SIGINT)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
-            submit=lambda unit, worker, report: pool.submit(stoppable, unit, worker),
-            skipped=skipped,
-            crashed=crashed,
-            max_parallel=1,
-            on_interrupt=lambda reason: stopped.set(),
-        )  # fmt: skip
+        scheduler = pooled(pool, stoppable, 1, on_interrupt=lambda reason: stopped.set())
         interrupter = threading.Thread(target=interrupt_a_unit_thread)
         interrupter.start()
         began = time.monotonic()
@@ -364,11 +360,7 @@ def test_what_breaks_the_scheduler_thread_is_raised_not_taken_for_an_interrupt()
 
     interrupts: list[str] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        scheduler: Scheduler[Unit, UnitResult] = Scheduler(
-            submit=lambda unit, worker, report: pool.submit(work, unit, worker),
-            skipped=skipped, crashed=crashed, max_parallel=1, observers=[Exits()],
-            on_interrupt=interrupts.append,
-        )  # fmt: skip
+        scheduler = pooled(pool, work, 1, observers=[Exits()], on_interrupt=interrupts.append)
         with pytest.raises(SystemExit):
             scheduler.run(build_tiers([Unit("a", 1)]))
     assert interrupts == [] and scheduler.interruption is None
