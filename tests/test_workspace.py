@@ -169,6 +169,60 @@ def test_commit_all_and_push_create_the_branch_upstream(
     git(upstream.bare, "fsck", "--strict", "--no-progress")  # every object arrived
 
 
+def test_a_workspace_borrows_the_mirrors_objects_and_holds_only_its_own_refs(
+    tmp_path: Path, upstream: Upstream, mirror: Mirror
+) -> None:
+    """Making a workspace writes a handful of files however big the mirror is: no object
+    copied, no ref per remote branch; plain git still sees a complete repository."""
+    for number in range(1, 41):  # other issues' branches, and their objects
+        git(upstream.seed, "checkout", "--quiet", "-b", f"ai-feature/issue-{number}", "main")
+        upstream.commit(f"f{number}.txt", f"{number}\n")
+        git(upstream.seed, "push", "--quiet", "origin", f"ai-feature/issue-{number}")
+    git(upstream.seed, "checkout", "--quiet", "main")
+    mirror.ensure()
+
+    ws = prepare_workspace(mirror, tmp_path / "fleet", "worker-01", 41, "main")
+    files = sorted(str(p.relative_to(ws.path / ".git")) for p in (ws.path / ".git").rglob("*"))
+    assert files == ["HEAD", "config", "index", "objects", "objects/info",
+                     "objects/info/alternates", "packed-refs", "refs"]  # fmt: skip
+    assert git(ws.path, "for-each-ref", "--format=%(refname)").splitlines() == [
+        "refs/heads/ai-feature/issue-41", "refs/remotes/origin/main"]  # fmt: skip
+    assert git(ws.path, "rev-parse", "HEAD", "origin/main").splitlines() == [
+        upstream.rev("main")] * 2  # fmt: skip
+    assert git(ws.path, "status", "--porcelain") == ""
+    git(ws.path, "fsck", "--strict", "--no-progress")
+
+    resumed = prepare_workspace(mirror, tmp_path / "fleet", "worker-02", 7, "main")
+    assert resumed.resumed
+    assert git(resumed.path, "rev-parse", "--abbrev-ref", "@{upstream}") == (
+        "origin/ai-feature/issue-7"
+    )
+    assert (resumed.path / "f7.txt").read_text() == "7\n"
+
+
+def test_the_mirror_never_prunes_what_a_workspace_borrows(
+    tmp_path: Path, upstream: Upstream, mirror: Mirror
+) -> None:
+    """A branch deleted upstream leaves its commits unreachable in the mirror; a kept
+    workspace on that branch still reads them after the mirror's gc, however old."""
+    git(upstream.seed, "checkout", "--quiet", "-b", "ai-feature/issue-8", "main")
+    pushed = upstream.commit("gone.txt", "soon unreachable\n")
+    git(upstream.seed, "push", "--quiet", "origin", "ai-feature/issue-8")
+    mirror.ensure()
+    ws = prepare_workspace(mirror, tmp_path / "fleet", "worker-01", 8, "main")
+    assert ws.resumed
+
+    git(upstream.seed, "push", "--quiet", "origin", "--delete", "ai-feature/issue-8")
+    mirror.ensure()  # fetch --prune: the branch is gone from the mirror
+    month_ago = time.time() - 30 * 86400
+    for path in (mirror.path / "objects").rglob("*"):
+        os.utime(path, (month_ago, month_ago))
+    git(mirror.path, "gc", "--quiet")  # with git's default, prunes what is 2 weeks old
+
+    assert git(ws.path, "cat-file", "-p", f"{pushed}:gone.txt") == "soon unreachable"
+    git(ws.path, "fsck", "--strict", "--no-progress")
+
+
 def test_nothing_to_commit_returns_none(tmp_path: Path, mirror: Mirror) -> None:
     ws = prepare_workspace(mirror, tmp_path / "fleet", "worker-01", 4, "main")
     head = git(ws.path, "rev-parse", "HEAD")
@@ -374,6 +428,7 @@ def test_restore_undoes_everything_an_attempt_did_since_the_snapshot(
     (ws.path / "sub").mkdir()
     (ws.path / "sub" / ".gitignore").write_text("*\n")  # an untracked one, hiding all
     (ws.path / "sub" / "x.py").write_text("x\n")
+    (ws.path / ".git" / "info").mkdir()
     (ws.path / ".git" / "info" / "exclude").write_text("leftover.py\n")
     (ws.path / "leftover.py").write_text("l\n")
     git(ws.path, "add", "--all")

@@ -1,15 +1,15 @@
-"""Git workspaces for the fleet: one shared bare mirror per repository, one clone per issue.
+"""Git workspaces for the fleet: one shared bare mirror per repository, one workspace per issue.
 
 Layout under `root`:
 
     .mirror/<name>.git     bare `git clone --mirror` of the repository, shared by all workers
     .mirror/<name>.lock    flock: exclusive while the mirror is created or fetched,
-                           shared while a workspace is cloned from it
-    <worker>/issue-<N>/    a worker's clone, on branch `ai-feature/issue-<N>`
+                           shared while a workspace is made from it
+    <worker>/issue-<N>/    a worker's workspace, on branch `ai-feature/issue-<N>`
 
 Two git implementations, split by where the other repository is:
 
-- Work on this disk runs in-process with libgit2 (pygit2): cloning a workspace from the
+- Work on this disk runs in-process with libgit2 (pygit2): making a workspace from the
   mirror, branching, listing changes, committing, and pushing to a remote that is a local
   path or `file://` URL (test mode's stand-in for GitHub). No process per step (a git
   process costs a few ms of CPU, and an issue took eight of them), no hooks and no filter
@@ -23,11 +23,13 @@ Two git implementations, split by where the other repository is:
   program of its choosing. A push runs in a private, empty repository made for it, which
   borrows the workspace's objects (read as data) and pushes to the explicit URL.
 
-Clone strategy: a workspace is a plain local clone of the mirror (hardlinked objects, no
-network, no credentials), after which `origin` is pointed at the real clone URL, so pushes
-go to the real remote. Alternates (`git clone --reference`) are not used: a later
-`fetch --prune` plus auto-gc in the mirror could delete objects a live workspace still
-needs. `origin/*` in a workspace is therefore the remote as of the last `Mirror.ensure()`,
+Workspace strategy: a workspace borrows the mirror's objects (`objects/info/alternates`,
+as `git clone --shared` does) and is given only its branch and the remote-tracking refs it
+needs, packed, with `origin` at the real clone URL, so pushes go to the real remote. Making
+one writes a handful of files whatever the mirror holds (a plain clone copies every loose
+object and writes a ref per remote branch). The mirror never prunes objects
+(`gc.pruneExpire=never`): a branch deleted upstream cannot take away objects a workspace
+still reads. `origin/*` in a workspace is the remote as of the last `Mirror.ensure()`,
 which callers run once per fleet run; a stale view cannot lose work because pushes are
 leased (overwrite only what this workspace last saw).
 
@@ -238,9 +240,19 @@ class Mirror:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(self.lock_path):
             if self.exists():
+                self._keep_lent_objects()  # a mirror made before workspaces borrowed
                 self._git(["fetch", "--prune", "--quiet", "origin"], cwd=self.path)
             else:
                 self._clone()
+                self._keep_lent_objects()
+
+    def _keep_lent_objects(self) -> None:
+        """Workspaces borrow the mirror's objects, so its garbage collection (`git gc
+        --auto` after a fetch) must never prune one: a branch deleted or force-pushed
+        upstream leaves objects unreachable here that a workspace may still use."""
+        config = pygit2.Config(os.fspath(self.path / "config"))
+        if list(config.get_multivar("gc.pruneExpire")) != ["never"]:
+            config["gc.pruneExpire"] = "never"
 
     def _clone(self) -> None:
         """Clone next to the final path and rename, so a killed clone never looks done."""
@@ -527,15 +539,17 @@ def workspace_path(root: Path, worker: str, issue_number: int) -> Path:
 def prepare_workspace(
     mirror: Mirror, root: Path, worker: str, issue_number: int, default_branch: str
 ) -> Workspace:
-    """A fresh clone for one issue, on `ai-feature/issue-<N>`.
+    """A fresh workspace for one issue, on `ai-feature/issue-<N>`.
 
     If the branch exists on the remote (as of the last `mirror.ensure()`), the workspace
     continues from it; otherwise the branch starts at `origin/<default_branch>`. A directory
     left by an earlier run is replaced. Call `mirror.ensure()` first.
 
-    All in-process: the clone checks out the default branch (or the resumed one, which
-    libgit2 then sets up to track `origin/<branch>`); a new branch starts there with no
-    second checkout, since its files are the same.
+    The workspace borrows the mirror's objects, as `git clone --shared` does, and holds
+    only the refs it needs (its branch, `origin/<default_branch>` and, when resumed,
+    `origin/<branch>`): making one writes a handful of files, whatever the size of the
+    mirror. (A plain clone copied every loose object and a ref per remote branch: on a
+    slow disk, tens of milliseconds per issue, growing with the repository.)
     """
     path = workspace_path(root, worker, issue_number)
     branch = branch_name(issue_number)
@@ -544,28 +558,27 @@ def prepare_workspace(
     if path.exists() or path.is_symlink():
         remove_tree(path)  # refuses a symlink: never deletes outside the workspace
     path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(mirror.lock_path, shared=True):  # the refs cannot move until cloned
-        heads = _branch_heads(mirror, (default_branch, branch))
-        default, remote = heads.get(default_branch), heads.get(branch)
-        if default is None:
-            raise WorkspaceError(f"default branch {default_branch!r} not found in {mirror.path}")
-        source = os.fspath(mirror.path.absolute())
-        checkout = default_branch if remote is None else branch
-        try:
-            pygit2.clone_repository(source, os.fspath(path), checkout_branch=checkout).free()
-        except pygit2.GitError as exc:
-            raise WorkspaceError(f"git clone of {source} failed in {path}: {exc}") from None
-    with _repository(path, "creating the branch") as repo:
-        repo.remotes.set_url("origin", mirror.clone_url)
-        if remote is None:
-            base = default
-            start = repo[default].peel(pygit2.Commit)
-            repo.set_head(repo.branches.local.create(branch, start).name)
-        else:
-            common = repo.merge_base(default, remote)
-            if common is None:
+    with file_lock(mirror.lock_path, shared=True):  # the refs cannot move until read
+        with _repository(mirror.path, "reading the mirror's branches") as source:
+            heads = _branch_heads(source, (default_branch, branch))
+            default, remote = heads.get(default_branch), heads.get(branch)
+            if default is None:
+                raise WorkspaceError(
+                    f"default branch {default_branch!r} not found in {mirror.path}"
+                )
+            if remote is None:
+                base = default
+            elif (common := source.merge_base(default, remote)) is None:
                 raise WorkspaceError(f"{branch} shares no history with {default_branch}")
-            base = str(common)
+            else:
+                base = str(common)
+        refs = {f"refs/heads/{branch}": remote or default,
+                f"refs/remotes/origin/{default_branch}": default}  # fmt: skip
+        if remote is not None:
+            refs[f"refs/remotes/origin/{branch}"] = remote
+        _write_git_dir(path / ".git", mirror, branch, refs, upstream=remote is not None)
+        with _repository(path, "checking out the branch") as repo:
+            repo.checkout_head(strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
     return Workspace(
         path=path,
         branch=branch,
@@ -577,20 +590,48 @@ def prepare_workspace(
     )
 
 
-def _branch_heads(mirror: Mirror, names: Sequence[str]) -> dict[str, str]:
+def _branch_heads(mirror: pygit2.Repository, names: Sequence[str]) -> dict[str, str]:
     """The commits the mirror's branches `names` point to (absent names left out).
     Call with the mirror lock held."""
     heads: dict[str, str] = {}
-    with _repository(mirror.path, "reading the mirror's branches") as repo:
-        for name in names:
-            try:
-                ref = repo.references.get(f"refs/heads/{name}")
-            except ValueError:  # not a valid branch name: there is no such branch
-                continue
-            target = None if ref is None else repo.get(ref.resolve().target)
-            if isinstance(target, pygit2.Commit):
-                heads[name] = str(target.id)
+    for name in names:
+        try:
+            ref = mirror.references.get(f"refs/heads/{name}")
+        except ValueError:  # not a valid branch name: there is no such branch
+            continue
+        target = None if ref is None else mirror.get(ref.resolve().target)
+        if isinstance(target, pygit2.Commit):
+            heads[name] = str(target.id)
     return heads
+
+
+def _write_git_dir(
+    git_dir: Path, mirror: Mirror, branch: str, refs: dict[str, str], upstream: bool
+) -> None:
+    """A repository (gitrepository-layout(5)) with HEAD on `branch`, `refs` packed, the
+    mirror's objects as its alternate, no reflogs, and `origin` at the real clone URL;
+    with `upstream`, `branch` tracks `origin/<branch>`."""
+    (git_dir / "objects" / "info").mkdir(parents=True)
+    (git_dir / "refs").mkdir()
+    objects = (mirror.path / "objects").absolute()
+    (git_dir / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+    (git_dir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
+    packed = "".join(f"{sha} {name}\n" for name, sha in sorted(refs.items()))
+    (git_dir / "packed-refs").write_text(f"# pack-refs with: peeled fully-peeled sorted \n{packed}")
+    config = (
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+        "\tlogallrefupdates = false\n"
+        f'[remote "origin"]\n\turl = {_config_value(mirror.clone_url)}\n'
+        "\tfetch = +refs/heads/*:refs/remotes/origin/*\n"
+    )
+    if upstream:
+        config += f'[branch "{branch}"]\n\tremote = origin\n\tmerge = refs/heads/{branch}\n'
+    (git_dir / "config").write_text(config)
+
+
+def _config_value(value: str) -> str:
+    """`value` quoted for a git config file (git-config(1), "Syntax")."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _failure(
