@@ -76,6 +76,27 @@ def test_a_failed_progress_update_is_tried_again_with_its_value() -> None:
     assert [(data, text) for _, data, text in client.updated] == [(100.0, "4/4 done")]
 
 
+def test_progress_goes_at_most_once_a_second_and_its_last_value_at_once_at_the_end() -> None:
+    """Units finishing many times a second cost one update a second; the run's end does
+    not wait for the next second: its last value goes at once."""
+    client = FlakyClient()
+    publisher = ArtifactPublisher(uuid4(), client)  # type: ignore[arg-type]
+    publisher.start_progress("pipeline-demo-progress", "0/3 done")
+    publisher.progress(33.3, "1/3 done")
+    deadline = time.monotonic() + 5
+    while not client.updated and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first_sent = time.monotonic()
+    publisher.progress(66.7, "2/3 done")
+    time.sleep(0.3)
+    assert len(client.updated) == 1  # the next one waits for its second
+    publisher.progress(100.0, "3/3 done")  # replaces the waiting value
+    publisher.close(timeout=10)
+    assert time.monotonic() - first_sent < _prefect.PROGRESS_INTERVAL_S
+    assert [(data, text) for _, data, text in client.updated] == [
+        (33.3, "1/3 done"), (100.0, "3/3 done")]  # fmt: skip
+
+
 def test_a_call_that_keeps_failing_is_logged_and_the_next_ones_still_go(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
