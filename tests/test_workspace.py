@@ -173,7 +173,10 @@ def test_a_workspace_borrows_the_mirrors_objects_and_holds_only_its_own_refs(
     tmp_path: Path, upstream: Upstream, mirror: Mirror
 ) -> None:
     """Making a workspace writes a handful of files however big the mirror is: no object
-    copied, no ref per remote branch; plain git still sees a complete repository."""
+    copied, no ref per remote branch; plain git still sees a complete repository, with the
+    default branch and the tags a clone has."""
+    git(upstream.seed, "tag", "--annotate", "--message", "first release", "v1.0")
+    git(upstream.seed, "push", "--quiet", "origin", "v1.0")
     for number in range(1, 41):  # other issues' branches, and their objects
         git(upstream.seed, "checkout", "--quiet", "-b", f"ai-feature/issue-{number}", "main")
         upstream.commit(f"f{number}.txt", f"{number}\n")
@@ -183,14 +186,20 @@ def test_a_workspace_borrows_the_mirrors_objects_and_holds_only_its_own_refs(
 
     ws = prepare_workspace(mirror, tmp_path / "fleet", "worker-01", 41, "main")
     files = sorted(str(p.relative_to(ws.path / ".git")) for p in (ws.path / ".git").rglob("*"))
-    assert files == ["HEAD", "config", "index", "objects", "objects/info",
+    assert files == ["HEAD", "config", "index", "info", "objects", "objects/info",
                      "objects/info/alternates", "packed-refs", "refs"]  # fmt: skip
     assert git(ws.path, "for-each-ref", "--format=%(refname)").splitlines() == [
-        "refs/heads/ai-feature/issue-41", "refs/remotes/origin/main"]  # fmt: skip
-    assert git(ws.path, "rev-parse", "HEAD", "origin/main").splitlines() == [
-        upstream.rev("main")] * 2  # fmt: skip
+        "refs/heads/ai-feature/issue-41", "refs/heads/main", "refs/remotes/origin/main",
+        "refs/tags/v1.0"]  # fmt: skip
+    assert git(ws.path, "rev-parse", "HEAD", "main", "origin/main").splitlines() == [
+        upstream.rev("main")] * 3  # fmt: skip
+    assert git(ws.path, "describe") == "v1.0"  # annotated tags peel as in a clone
     assert git(ws.path, "status", "--porcelain") == ""
     git(ws.path, "fsck", "--strict", "--no-progress")
+    (ws.path / ".git" / "info" / "exclude").write_text("*.log\n")  # as a user may
+    git(ws.path, "checkout", "--quiet", "main")
+    git(ws.path, "checkout", "--quiet", "-")  # the reflog knows where it was
+    assert git(ws.path, "branch", "--show-current") == ws.branch
 
     resumed = prepare_workspace(mirror, tmp_path / "fleet", "worker-02", 7, "main")
     assert resumed.resumed
@@ -221,6 +230,8 @@ def test_the_mirror_never_prunes_what_a_workspace_borrows(
 
     assert git(ws.path, "cat-file", "-p", f"{pushed}:gone.txt") == "soon unreachable"
     git(ws.path, "fsck", "--strict", "--no-progress")
+    loose = git(mirror.path, "count-objects", "-v").splitlines()[0]
+    assert loose == "count: 0"  # kept in a pack, not piling up as loose files
 
 
 def test_nothing_to_commit_returns_none(tmp_path: Path, mirror: Mirror) -> None:
@@ -428,7 +439,6 @@ def test_restore_undoes_everything_an_attempt_did_since_the_snapshot(
     (ws.path / "sub").mkdir()
     (ws.path / "sub" / ".gitignore").write_text("*\n")  # an untracked one, hiding all
     (ws.path / "sub" / "x.py").write_text("x\n")
-    (ws.path / ".git" / "info").mkdir()
     (ws.path / ".git" / "info" / "exclude").write_text("leftover.py\n")
     (ws.path / "leftover.py").write_text("l\n")
     git(ws.path, "add", "--all")

@@ -62,7 +62,7 @@ from urllib.parse import unquote, urlsplit
 
 import pygit2
 from pygit2 import Oid
-from pygit2.enums import CheckoutStrategy, DiffOption, RepositoryOpenFlag
+from pygit2.enums import CheckoutStrategy, DiffOption, ReferenceType, RepositoryOpenFlag
 
 from flows.commands import end_process_group
 from flows.fleet.models import branch_name
@@ -249,10 +249,13 @@ class Mirror:
     def _keep_lent_objects(self) -> None:
         """Workspaces borrow the mirror's objects, so its garbage collection (`git gc
         --auto` after a fetch) must never prune one: a branch deleted or force-pushed
-        upstream leaves objects unreachable here that a workspace may still use."""
+        upstream leaves objects unreachable here that a workspace may still use. They are
+        kept in a cruft pack (not as loose files, which would pile up and set off a
+        fruitless gc on every fetch), and gc runs inside the fetch, under the lock."""
         config = pygit2.Config(os.fspath(self.path / "config"))
-        if list(config.get_multivar("gc.pruneExpire")) != ["never"]:
-            config["gc.pruneExpire"] = "never"
+        for name, value in MIRROR_GC_CONFIG.items():
+            if list(config.get_multivar(name)) != [value]:
+                config[name] = value
 
     def _clone(self) -> None:
         """Clone next to the final path and rename, so a killed clone never looks done."""
@@ -270,6 +273,8 @@ class Mirror:
 
 
 SNAPSHOT_REF = "refs/fleet/snapshot"
+# the mirror's gc: what workspaces borrow is never pruned (see Mirror._keep_lent_objects)
+MIRROR_GC_CONFIG = {"gc.pruneExpire": "never", "gc.cruftPacks": "true", "gc.autoDetach": "false"}
 _SETTINGS = ("config", "info/exclude")  # in .git: what decides what is ignored, and more
 
 
@@ -313,7 +318,7 @@ def _empty_worktree(root: Path) -> None:
 
 @dataclass(frozen=True)
 class Workspace:
-    """A worker's clone of the repository, checked out on the issue's branch.
+    """A worker's workspace of the repository, checked out on the issue's branch.
 
     `base` is the commit the branch started from (the default branch, or its merge base
     with a resumed branch); `resumed` is True when the branch came from the remote.
@@ -572,8 +577,10 @@ def prepare_workspace(
                 raise WorkspaceError(f"{branch} shares no history with {default_branch}")
             else:
                 base = str(common)
-        refs = {f"refs/heads/{branch}": remote or default,
-                f"refs/remotes/origin/{default_branch}": default}  # fmt: skip
+            refs = _tags(source)
+        refs |= {f"refs/heads/{default_branch}": default,
+                 f"refs/remotes/origin/{default_branch}": default,
+                 f"refs/heads/{branch}": remote or default}  # fmt: skip
         if remote is not None:
             refs[f"refs/remotes/origin/{branch}"] = remote
         _write_git_dir(path / ".git", mirror, branch, refs, upstream=remote is not None)
@@ -605,22 +612,37 @@ def _branch_heads(mirror: pygit2.Repository, names: Sequence[str]) -> dict[str, 
     return heads
 
 
+def _tags(mirror: pygit2.Repository) -> dict[str, str]:
+    """The mirror's tags (what `git describe` and version-from-git tools read)."""
+    tags: dict[str, str] = {}
+    for raw in mirror.raw_listall_references():
+        if not raw.startswith(b"refs/tags/"):
+            continue
+        try:
+            ref = mirror.references.get(raw.decode())
+        except (UnicodeDecodeError, ValueError):  # a name git would not write: none
+            continue
+        if ref is not None and ref.type == ReferenceType.DIRECT:
+            tags[ref.name] = str(ref.target)
+    return tags
+
+
 def _write_git_dir(
     git_dir: Path, mirror: Mirror, branch: str, refs: dict[str, str], upstream: bool
 ) -> None:
-    """A repository (gitrepository-layout(5)) with HEAD on `branch`, `refs` packed, the
-    mirror's objects as its alternate, no reflogs, and `origin` at the real clone URL;
-    with `upstream`, `branch` tracks `origin/<branch>`."""
+    """A repository (gitrepository-layout(5)) with HEAD on `branch`, `refs` packed (git
+    peels tags itself: no peeled lines), the mirror's objects as its alternate, and
+    `origin` at the real clone URL; with `upstream`, `branch` tracks `origin/<branch>`."""
     (git_dir / "objects" / "info").mkdir(parents=True)
     (git_dir / "refs").mkdir()
+    (git_dir / "info").mkdir()  # where `info/exclude` goes
     objects = (mirror.path / "objects").absolute()
     (git_dir / "objects" / "info" / "alternates").write_text(f"{objects}\n")
     (git_dir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
     packed = "".join(f"{sha} {name}\n" for name, sha in sorted(refs.items()))
-    (git_dir / "packed-refs").write_text(f"# pack-refs with: peeled fully-peeled sorted \n{packed}")
+    (git_dir / "packed-refs").write_text(f"# pack-refs with: sorted \n{packed}")
     config = (
         "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
-        "\tlogallrefupdates = false\n"
         f'[remote "origin"]\n\turl = {_config_value(mirror.clone_url)}\n'
         "\tfetch = +refs/heads/*:refs/remotes/origin/*\n"
     )
