@@ -24,11 +24,12 @@ Two git implementations, split by where the other repository is:
   borrows the workspace's objects (read as data) and pushes to the explicit URL.
 
 Workspace strategy: a workspace borrows the mirror's objects (`objects/info/alternates`,
-as `git clone --shared` does) and is given only its branch and the remote-tracking refs it
-needs, packed, with `origin` at the real clone URL, so pushes go to the real remote. Making
-one writes a handful of files whatever the mirror holds (a plain clone copies every loose
-object and writes a ref per remote branch). The mirror never prunes objects
-(`gc.pruneExpire=never`): a branch deleted upstream cannot take away objects a workspace
+as `git clone --shared` does) and is given only the refs it needs (its branch, the default
+branch, the tags and the remote-tracking refs of those branches), packed, with `origin` at
+the real clone URL, so pushes go to the real remote. Making one writes a handful of files
+whatever the mirror holds (a plain clone copies every loose object and writes a ref per
+remote branch). The mirror never prunes objects (`gc.pruneExpire=never`, unreachable ones
+kept in a cruft pack): a branch deleted upstream cannot take away objects a workspace
 still reads. `origin/*` in a workspace is the remote as of the last `Mirror.ensure()`,
 which callers run once per fleet run; a stale view cannot lose work because pushes are
 leased (overwrite only what this workspace last saw).
@@ -251,7 +252,9 @@ class Mirror:
         --auto` after a fetch) must never prune one: a branch deleted or force-pushed
         upstream leaves objects unreachable here that a workspace may still use. They are
         kept in a cruft pack (not as loose files, which would pile up and set off a
-        fruitless gc on every fetch), and gc runs inside the fetch, under the lock."""
+        fruitless gc on every fetch). The gc runs in the background, git's default:
+        repacking while workspaces read objects is safe (a reader that misses an object
+        looks for new packs)."""
         config = pygit2.Config(os.fspath(self.path / "config"))
         for name, value in MIRROR_GC_CONFIG.items():
             if list(config.get_multivar(name)) != [value]:
@@ -274,7 +277,7 @@ class Mirror:
 
 SNAPSHOT_REF = "refs/fleet/snapshot"
 # the mirror's gc: what workspaces borrow is never pruned (see Mirror._keep_lent_objects)
-MIRROR_GC_CONFIG = {"gc.pruneExpire": "never", "gc.cruftPacks": "true", "gc.autoDetach": "false"}
+MIRROR_GC_CONFIG = {"gc.pruneExpire": "never", "gc.cruftPacks": "true"}
 _SETTINGS = ("config", "info/exclude")  # in .git: what decides what is ignored, and more
 
 
@@ -551,10 +554,11 @@ def prepare_workspace(
     left by an earlier run is replaced. Call `mirror.ensure()` first.
 
     The workspace borrows the mirror's objects, as `git clone --shared` does, and holds
-    only the refs it needs (its branch, `origin/<default_branch>` and, when resumed,
-    `origin/<branch>`): making one writes a handful of files, whatever the size of the
-    mirror. (A plain clone copied every loose object and a ref per remote branch: on a
-    slow disk, tens of milliseconds per issue, growing with the repository.)
+    only the refs it needs (its branch, the default branch and `origin/<default_branch>`,
+    `origin/<branch>` when resumed, and the tags): making one writes a handful of files,
+    whatever the size of the mirror. (A plain clone copied every loose object and a ref
+    per remote branch: on a slow disk, tens of milliseconds per issue, growing with the
+    repository.)
     """
     path = workspace_path(root, worker, issue_number)
     branch = branch_name(issue_number)
