@@ -424,10 +424,10 @@ def print_summary(report: Report, report_dir: Path, temporary_ui: bool) -> None:
     if setup.status != "none" and report.kind == "fleet":  # its setup: the shared mirror
         done = "updated" if setup.cache_hit else "created"
         outcome = done if setup.status == "succeeded" else setup.status
-        print(f"   mirror: {outcome}, {setup.duration_s:.1f}s ({setup.cache_dir})")
+        print(f"   mirror: {outcome}, {setup.duration_s:.2f}s ({setup.cache_dir})")
     elif setup.status != "none":
         hit = "cache hit" if setup.cache_hit else "cache miss"
-        print(f"   setup: {setup.status}, {hit}, {setup.duration_s:.1f}s (key {setup.key})")
+        print(f"   setup: {setup.status}, {hit}, {setup.duration_s:.2f}s (key {setup.key})")
     if setup.status == "failed":
         print("   setup log tail:\n" + _indent(setup.log_tail))
     if s.cost_usd is not None:
