@@ -60,8 +60,9 @@ class LeaderPlan(Generic[U, R]):
     describe: Callable[[U], str] = field(default=lambda unit: "")
     tier_barriers: bool = True  # False: priorities order the queue, no tier waits for another
     notifications: Notifications | None = None  # told how the run ended
-    # what the run holds from setup to its last unit (e.g. its setup cache, against pruning)
-    holding: Callable[[], AbstractContextManager[Any]] = nullcontext
+    # entered before the setup, left once every unit has ended: e.g. holds the setup cache
+    # against pruning, then ends what the units' commands left running (`RunStop.scope`)
+    scope: Callable[[], AbstractContextManager[Any]] = nullcontext
     # stops the running units at once when the run is interrupted (given the reason), e.g.
     # kills their commands; by default they finish
     stop_units: Callable[[str], None] = field(default=lambda reason: None)
@@ -111,7 +112,7 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
     for observer in observers:
         observer.run_started(str(flow_run_id) if flow_run_id else None)
     try:
-        with plan.holding():
+        with plan.scope():
             setup, interruption = _setup_unless_interrupted(plan, clock)
             if setup.status == "failed":
                 why = interrupt_reason(interruption) if interruption else "setup failed"

@@ -94,6 +94,13 @@ def wait_for_file(path: Path, timeout: float = 30.0) -> str:
     return path.read_text()
 
 
+def escape_command(pid_file: Path) -> str:
+    """Leaves the group as a daemon does (`setsid`), and ends only once it has: the group
+    kill at the command's end cannot catch it before it is out."""
+    return (f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 300' & "
+            f"while [ ! -s {pid_file} ]; do sleep 0.01; done")  # fmt: skip
+
+
 def wait_until_gone(pid: int, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while process_running(pid):

@@ -23,7 +23,7 @@ from flows.fleet.flow import fleet, flow_run_cancelled
 from flows.fleet.tracker import Labels, LocalTracker
 from flows.leader import observing
 from flows.report import Report
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, escape_command, run_cli, wait_until_gone
 from tests.fakes.anthropic_api import FakeAnthropic, text_turn, tool_turn
 from tests.fakes.github_api import FakeGitHub
 
@@ -280,6 +280,43 @@ def test_local_mode_through_real_clients(
     for folder in (tmp_path / "report", tmp_path / "ws"):  # logs, reports, mirror, git config
         for path in (p for p in folder.rglob("*") if p.is_file()):
             assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("processes", [0, 1], ids=["threads", "issue-process"])
+def test_a_daemon_an_agent_started_is_ended_with_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int
+) -> None:
+    """The agent starts a daemon (`setsid`), which outlives its command (a later command
+    sees it) but not the run, whether issues run in this process or in an issue process."""
+    remote = bare_repo(tmp_path / "remote.git")
+    pid_file, alive = tmp_path / "daemon.pid", tmp_path / "alive"
+    still_there = f"kill -0 $(cat {pid_file}) && touch {alive}"
+    with FakeGitHub(token="t", owner="acme", repo="widgets", clone_url=str(remote)) as github, \
+            FakeAnthropic(api_key="k") as claude:  # fmt: skip
+        for label in ("ready-for-dev", "in-progress", "ai-review", "ai-failed"):
+            github.add_label(label)
+        github.add_issue("Add a greeting file", "Please add hello.txt", ["ready-for-dev"])
+        claude.add(
+            tool_turn("run_command", {"argv": ["sh", "-c", escape_command(pid_file)]}),
+            tool_turn("run_command", {"argv": ["sh", "-c", still_there]}),
+            tool_turn("write_file", {"path": "hello.txt", "content": "hello\n"}),
+            text_turn("Added hello.txt."),
+        )
+        monkeypatch.setenv("GITHUB_API_URL", github.base_url)
+        monkeypatch.setenv("GITHUB_TOKEN", "t")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", claude.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+        overrides: dict[str, Any] = {
+            "mode": "local", "repo": "acme/widgets", "workers": 1,
+            "workspace": str(tmp_path / "ws"), "processes": processes,
+        }  # fmt: skip
+        with leader_session():
+            state = fleet(overrides=overrides, report_dir=str(tmp_path / "report"),
+                          return_state=True)  # fmt: skip
+        report = state_result(state)
+        assert isinstance(report, Report) and report.ok, report
+    assert alive.exists(), "the daemon did not outlive its command: nothing left to test"
+    assert wait_until_gone(int(pid_file.read_text()))
 
 
 @pytest.mark.parametrize("processes", [0, 2], ids=["threads", "issue-processes"])

@@ -22,7 +22,7 @@ from flows.pipeline.flow import pipeline
 from flows.pipeline.matrix import TaskSpec
 from flows.pipeline.worker import WorkerContext, collect_artifacts, run_task
 from flows.report import Report, UnitResult
-from tests.conftest import REPO, run_cli, wait_until_gone, write_config
+from tests.conftest import REPO, escape_command, run_cli, wait_until_gone, write_config
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -107,6 +107,26 @@ def test_failures_timeouts_and_retries(tmp_path: Path) -> None:
     summary = report.summary
     assert (summary.total, summary.succeeded, summary.failed, summary.timed_out, summary.skipped) \
         == (6, 3, 1, 1, 1)  # fmt: skip
+
+
+def test_a_process_a_task_left_outside_its_group_is_ended_with_the_run(
+    tmp_path: Path,
+) -> None:
+    """A task starts a daemon (`setsid`): it outlives the task, which a later task sees,
+    but not the run."""
+    pid_file = tmp_path / "daemon.pid"
+    config = write_config(
+        tmp_path,
+        f"""
+        name: leftovers
+        tasks:
+          - {{name: daemon, priority: 1, run: "{escape_command(pid_file)}"}}
+          - {{name: still-there, priority: 2, run: "kill -0 $(cat {pid_file})"}}
+        """,
+    )
+    report = run_pipeline(config, tmp_path)
+    assert report.ok, by_name(report)["still-there"].log_tail
+    assert wait_until_gone(int(pid_file.read_text()))
 
 
 def test_fail_fast_stops_scheduling(tmp_path: Path) -> None:

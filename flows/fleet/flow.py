@@ -147,6 +147,7 @@ def fleet_plan(
         describe=_describe,
         tier_barriers=False,  # issues are independent: urgent first, but nobody waits
         notifications=settings.notifications,
+        scope=ctx.stop.scope,  # an issue process ends its own commands' leftovers
         stop_units=stop_units,
     )
 

@@ -49,6 +49,7 @@ from flows.fleet.config import FleetConfig
 from flows.fleet.connection import FleetCredentials, fleet_context, open_connection
 from flows.fleet.models import IssueResult
 from flows.fleet.worker import FleetContext, IssueUnit, resolve_issue
+from flows.leftovers import end_leftovers
 from flows.logs import show_project_logs
 from flows.secrecy import make_undumpable, without_secrets
 
@@ -317,6 +318,7 @@ def serve() -> None:
         # closed: the issues in flight finish (leaving this block waits for them), unless
         # the leader dies meanwhile
         threading.Thread(target=_exit_with_leader, args=(inbox, stop), daemon=True).start()
+    stop.end_leftovers()
 
 
 def _next_message(inbox: Pipe, stop: RunStop) -> Any:
@@ -343,6 +345,7 @@ def _leader_gone(stop: RunStop) -> NoReturn:
     for child in psutil.Process().children():  # unreaped, each still holds its group's id
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
+    end_leftovers(stop.marker, grace=0)
     os._exit(LEADER_GONE_EXIT)
 
 

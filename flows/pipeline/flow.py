@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import State, flow
 
+from flows.commands import RunStop
 from flows.config import load_config, resolve_folder
 from flows.leader import LeaderPlan, lead, report_state
 from flows.pipeline.matrix import Matrix, TaskSpec, build_matrix
-from flows.pipeline.setup import cache_env, cache_in_use, plan_setup, run_setup
+from flows.pipeline.setup import SetupPlan, cache_env, cache_in_use, plan_setup, run_setup
 from flows.pipeline.worker import WorkerContext, crashed_result, run_task, skipped_result
 from flows.report import UnitResult
 from flows.rss import RssSampler
@@ -54,16 +57,25 @@ def pipeline_plan(
         report_dir=report_dir,
         fail_fast=matrix.fail_fast,
         setup=(
-            (lambda: run_setup(setup, matrix.workdir, ctx.env, ctx.log_dir / "setup.log"))
+            (lambda: run_setup(setup, matrix.workdir, ctx.env, ctx.log_dir / "setup.log",
+                               ctx.stop))
             if setup
             else None
         ),
         describe=lambda spec: spec.command_text,
         notifications=config.notifications,
-        holding=lambda: cache_in_use(setup),
+        scope=lambda: _scope(setup, ctx.stop),
         stop_units=ctx.stop.stop,
     )
     return matrix, plan
+
+
+@contextmanager
+def _scope(setup: SetupPlan | None, stop: RunStop) -> Iterator[None]:
+    """The setup cache held from the setup to the last task; then what the tasks'
+    commands left running, ended."""
+    with stop.scope(), cache_in_use(setup):
+        yield
 
 
 # No flow_run_name: naming a run costs an extra API call per run. No result persistence:
