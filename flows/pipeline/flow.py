@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def pipeline_plan(
         report_dir=report_dir,
         rss=RssSampler(),
     )
+    setup_log = ctx.log_dir / "setup.log"
     plan: LeaderPlan[TaskSpec, UnitResult] = LeaderPlan(
         kind="pipeline",
         name=matrix.name,
@@ -56,12 +58,9 @@ def pipeline_plan(
         max_parallel=matrix.max_parallel,
         report_dir=report_dir,
         fail_fast=matrix.fail_fast,
-        setup=(
-            (lambda: run_setup(setup, matrix.workdir, ctx.env, ctx.log_dir / "setup.log",
-                               ctx.stop))
-            if setup
-            else None
-        ),
+        setup=partial(run_setup, setup, matrix.workdir, ctx.env, setup_log, ctx.stop)
+        if setup
+        else None,
         describe=lambda spec: spec.command_text,
         notifications=config.notifications,
         scope=lambda: _scope(setup, ctx.stop),
