@@ -40,8 +40,9 @@ from benchmarks.common import POOL, postgres_database, prepare_server
 from flows._prefect import local_server
 from flows.fleet import testbed
 from flows.fleet.dispatch import RESOLVE_DEPLOYMENT, dispatch, source_tag
+from flows.fleet.local_tracker import LocalTracker
 from flows.fleet.testbed import ensure_remote, ensure_tracker
-from flows.fleet.tracker import Labels, LocalTracker
+from flows.fleet.tracker import Labels
 from flows.fleet.worker import CANCELLED, failure_comment
 from tests.conftest import REPO, run_cli
 

@@ -20,7 +20,8 @@ from prefect.states import Cancelling
 
 from flows._prefect import leader_session, state_result
 from flows.fleet.flow import fleet, flow_run_cancelled
-from flows.fleet.tracker import Labels, LocalTracker
+from flows.fleet.local_tracker import LocalTracker
+from flows.fleet.tracker import Labels
 from flows.leader import observing
 from flows.report import Report
 from tests.conftest import REPO, escape_command, run_cli, wait_until_gone

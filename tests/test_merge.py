@@ -13,16 +13,11 @@ from github import Auth, Github
 
 from flows.fleet.config import FleetConfig
 from flows.fleet.flow import merge_approved_pulls
+from flows.fleet.github_tracker import GitHubTracker
+from flows.fleet.local_tracker import LocalTracker
 from flows.fleet.merge import MergeResult, merge_approved
 from flows.fleet.models import Issue, branch_name
-from flows.fleet.tracker import (
-    GitHubTracker,
-    LocalTracker,
-    Tracker,
-    TrackerError,
-    closing_references,
-    issue_of_branch,
-)
+from flows.fleet.tracker import Tracker, TrackerError, closing_references, issue_of_branch
 from tests.conftest import GITHUB_TOKEN as TOKEN
 from tests.conftest import LABELS
 from tests.fakes.github_api import FakeGitHub

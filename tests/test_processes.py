@@ -21,6 +21,7 @@ import pytest
 from flows.fleet.config import FleetConfig
 from flows.fleet.connection import fleet_context, open_connection
 from flows.fleet.flow import _in_an_issue_process, process_count
+from flows.fleet.local_tracker import LocalTracker
 from flows.fleet.processes import (
     IssueProcessError,
     IssueProcesses,
@@ -28,7 +29,6 @@ from flows.fleet.processes import (
     ProcessSpec,
 )
 from flows.fleet.testbed import open_tracker, remote_path
-from flows.fleet.tracker import LocalTracker
 from flows.fleet.worker import IssueUnit
 from flows.fleet.workspace import Mirror
 from tests.conftest import REPO, wait_for_file, wait_until_gone

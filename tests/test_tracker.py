@@ -17,16 +17,12 @@ from typing import Any
 import pytest
 from github import Auth, Github
 
-import flows.fleet.tracker as tracker_module
+import flows.fleet.github_tracker as github_tracker_module
+from flows.fleet.github_tracker import GitHubTracker
+from flows.fleet.local_tracker import LocalTracker
 from flows.fleet.models import Issue
-from flows.fleet.tracker import (
-    GitHubTracker,
-    LocalTracker,
-    Tracker,
-    TrackerError,
-    generate_mock_issues,
-    requeue_interrupted_claims,
-)
+from flows.fleet.testbed import generate_mock_issues
+from flows.fleet.tracker import Tracker, TrackerError, requeue_interrupted_claims
 from tests.conftest import GITHUB_TOKEN as TOKEN
 from tests.conftest import LABELS
 from tests.fakes import Request, Response
@@ -348,7 +344,7 @@ def test_the_sweep_reads_events_back_to_its_horizon_not_a_fixed_count(
             fake.unlabel(busy.number, "triage", actor="a-bot")
         assert [i.number for i in tracker.interrupted_claims(older_than_s=0)] == [lost.number]
         # a horizon 3 minutes after the claim: the sweep stops at the first older event
-        monkeypatch.setattr(tracker_module, "EVENTS_HORIZON_S", 3600 - 180.0)
+        monkeypatch.setattr(github_tracker_module, "EVENTS_HORIZON_S", 3600 - 180.0)
         assert tracker.interrupted_claims(older_than_s=0) == []
 
 
@@ -624,7 +620,8 @@ def test_local_work_on_different_issues_does_not_wait(tmp_path: Path) -> None:
 CLAIMER = """
 import json, sys, time
 from pathlib import Path
-from flows.fleet.tracker import Labels, LocalTracker
+from flows.fleet.local_tracker import LocalTracker
+from flows.fleet.tracker import Labels
 
 store, gate, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 tracker = LocalTracker(store, Labels())

@@ -15,9 +15,9 @@ from flows.commands import RunStop
 from flows.fleet.agent import AgentError, Model, ModelTurn, ScriptedModel
 from flows.fleet.config import FleetConfig
 from flows.fleet.connection import Connection, fleet_context, open_connection
+from flows.fleet.local_tracker import LocalTracker
 from flows.fleet.models import Issue, IssueResult, Usage
 from flows.fleet.testbed import remote_path
-from flows.fleet.tracker import LocalTracker
 from flows.fleet.worker import CANCELLED, FleetContext, IssueUnit, failure_comment, resolve_issue
 from flows.fleet.workspace import Mirror
 from tests.conftest import wait_for_file, wait_until_gone

@@ -19,6 +19,7 @@ from flows.config import ConfigError
 from flows.fleet.agent import Model, load_system_prompt
 from flows.fleet.config import FleetConfig, LabelNames
 from flows.fleet.cost import Price, UnknownModelError, price_for
+from flows.fleet.github_tracker import GitHubTracker
 from flows.fleet.models import Issue
 from flows.fleet.simulated import SimulatedModel, fails
 from flows.fleet.testbed import (
@@ -30,7 +31,7 @@ from flows.fleet.testbed import (
     remote_path,
     testbed_source,
 )
-from flows.fleet.tracker import GitHubTracker, Labels, Tracker, TrackerError
+from flows.fleet.tracker import Labels, Tracker, TrackerError
 from flows.fleet.worker import FleetContext
 from flows.fleet.workspace import GitAuth, Mirror
 from flows.logs import quiet_loggers

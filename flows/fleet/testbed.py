@@ -13,7 +13,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from flows.config import ConfigError, describe_validation_error, read_yaml
-from flows.fleet.tracker import Labels, LocalTracker, generate_mock_issues
+from flows.fleet.local_tracker import LocalTracker
+from flows.fleet.models import READY_LABEL, Issue
+from flows.fleet.tracker import Labels
 from flows.fleet.workspace import GitAuth, run_git
 
 MAX_TITLE_CHARS = 256  # GitHub's limits
@@ -103,6 +105,80 @@ def load_mock_issues(path: Path) -> list[MockIssue]:
     except ValidationError as exc:
         field, problem = describe_validation_error(exc.errors()[0])
         raise ConfigError(path, field, problem) from None
+
+
+_MOCK_AREAS = ("billing", "inventory", "users", "search", "reports")
+_MOCK_TEMPLATES: tuple[tuple[str, str, str], ...] = (
+    (
+        "Add a /health endpoint to the {area} service",
+        "Load balancers cannot tell whether the {area} service is up.\n\n"
+        'Acceptance criteria:\n- `GET /health` answers 200 with `{{"status": "ok"}}`\n'
+        "- a test covers it",
+        "enhancement",
+    ),
+    (
+        "Fix off-by-one in {area} pagination",
+        "The last item of every page of `/{area}` is repeated as the first item of the next "
+        "page.\n\nSteps: request `?page=1&per_page=10`, then `?page=2`; item 10 appears twice.",
+        "bug",
+    ),
+    (
+        "Validate input lengths in the {area} form",
+        "Names longer than 255 characters reach the database and fail there with a 500.\n\n"
+        "Reject them with a 422 and a message naming the field.",
+        "bug",
+    ),
+    (
+        "Document the {area} configuration options",
+        "The README does not mention the `{area}` settings. Add a section listing each "
+        "option, its default and an example.",
+        "documentation",
+    ),
+    (
+        "Add type hints to the {area} module",
+        "`{area}.py` has no annotations, so mypy skips it. Annotate the public functions and "
+        "make `mypy --strict` pass for the module.",
+        "enhancement",
+    ),
+    (
+        "Cache {area} lookups for 60 seconds",
+        "Every request to `/{area}/<id>` queries the database. Cache results in memory for 60 "
+        "seconds and invalidate an entry when it is updated.",
+        "enhancement",
+    ),
+    (
+        "Return 404 instead of 500 for unknown {area} ids",
+        "`GET /{area}/999999` raises KeyError and answers 500. It should answer 404 with a "
+        "JSON error body.",
+        "bug",
+    ),
+    (
+        "Log request durations in the {area} handler",
+        "We cannot see slow {area} requests. Log method, path, status and duration in "
+        "milliseconds for each request, one line each.",
+        "enhancement",
+    ),
+)
+
+
+def generate_mock_issues(n: int, ready_label: str = READY_LABEL) -> list[Issue]:
+    """`n` varied, realistic issues numbered 1..n, all ready; most carry a `priority:1..3`."""
+    issues = []
+    for index in range(n):
+        title, body, kind = _MOCK_TEMPLATES[index % len(_MOCK_TEMPLATES)]
+        area = _MOCK_AREAS[index % len(_MOCK_AREAS)]
+        labels = [ready_label, kind]
+        if index % 4 != 3:
+            labels.append(f"priority:{index % 3 + 1}")
+        issues.append(
+            Issue(
+                number=index + 1,
+                title=title.format(area=area),
+                body=body.format(area=area),
+                labels=tuple(labels),
+            )
+        )
+    return issues
 
 
 def ensure_tracker(
