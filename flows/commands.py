@@ -8,8 +8,8 @@ flows/interrupts.py). A
 timer thread enforces the timeout: SIGTERM to the group, then SIGKILL after a grace
 period. Stragglers left in the group after the main child exits are killed too, so
 nothing a task started outlives it, short of a process that leaves the group on purpose
-(`setsid`, a daemon's double fork): those are ended when their run ends, found by the
-marker a run's commands carry in their environment (flows/leftovers.py).
+(`setsid`, a daemon's double fork): those are found by the markers their commands'
+environment gives them, and ended with their run (flows/leftovers.py).
 
 A `RunStop` ends the commands of a whole run the same way when the run is interrupted
 (SIGTERM, Ctrl-C): the children live in sessions of their own, so no signal sent to the
@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from flows.interrupts import SIGNAL_CHECK_S
-from flows.leftovers import MARKER_VAR, Leftover, end_leftovers, new_marker
 from flows.rss import RssSampler
 
 log = logging.getLogger(__name__)
@@ -71,13 +70,9 @@ class RunStop:
     """Stops the commands of one run at once, e.g. when the run is interrupted: those
     running are killed as on a timeout (SIGTERM to the group, SIGKILL after the grace
     period), none starts after, and `wait` (between retries) returns early. Other work
-    registers with `on_stop` to be cut short too (a model's reply being streamed).
+    registers with `on_stop` to be cut short too (a model's reply being streamed)."""
 
-    The run's commands carry its `marker` in their environment: `end_leftovers`, when the
-    run ends, ends what they left running outside their process groups."""
-
-    def __init__(self, marker: str | None = None) -> None:
-        self.marker = marker or new_marker()
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: set[_Watchdog] = set()
         self._callbacks: set[_StopCallback] = set()  # see `on_stop`
@@ -123,26 +118,6 @@ class RunStop:
     def wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if the run is stopped meanwhile."""
         self._stopped.wait(seconds)
-
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
-        """The run's commands run inside this block; leaving it ends their leftovers."""
-        try:
-            yield
-        finally:
-            self.end_leftovers()
-
-    def end_leftovers(self) -> list[Leftover]:
-        """End the processes the run's commands left running outside their groups (call
-        it once they have all ended), logging which; returns them."""
-        ended = end_leftovers(self.marker)
-        if ended:
-            what = "1 process" if len(ended) == 1 else f"{len(ended)} processes"
-            log.warning(
-                "ended %s that the run's commands left running outside their process groups "
-                "(setsid, or a daemon): %s", what, ", ".join(map(str, ended)),
-            )  # fmt: skip
-        return ended
 
     def _track(self, watchdog: _Watchdog) -> None:
         with self._lock:
@@ -239,10 +214,9 @@ def run_command(
     `max_file_bytes` caps the size of any file the command writes, its log included
     (RLIMIT_FSIZE, inherited by what it starts): past it, the write fails and the writer
     gets SIGXFSZ, instead of a runaway output filling the disk until the timeout.
-    With a `stop`, the command is not started once its run is stopped, is killed when
-    the run is stopped while it runs, and carries the run's marker (`RunStop`). An
-    exception that interrupts the wait (a signal handler's, in the main thread) kills the
-    group too before it propagates.
+    With a `stop`, the command is not started once its run is stopped, and is killed
+    when the run is stopped while it runs. An exception that interrupts the wait (a
+    signal handler's, in the main thread) kills the group too before it propagates.
     """
     if stop is not None and stop.reason is not None:
         now = _now()
@@ -251,8 +225,6 @@ def run_command(
                               interrupted=True)  # fmt: skip
     log_path.parent.mkdir(parents=True, exist_ok=True)
     limit_files = None if max_file_bytes is None else _file_size_limiter(max_file_bytes)
-    if stop is not None:
-        env = {**env, MARKER_VAR: stop.marker}
     with log_path.open("ab") as log:
         started_at = _now()
         try:

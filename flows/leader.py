@@ -61,7 +61,7 @@ class LeaderPlan(Generic[U, R]):
     tier_barriers: bool = True  # False: priorities order the queue, no tier waits for another
     notifications: Notifications | None = None  # told how the run ended
     # entered before the setup, left once every unit has ended: e.g. holds the setup cache
-    # against pruning, then ends what the units' commands left running (`RunStop.scope`)
+    # against pruning, and ends what the units' commands left running (flows/leftovers.py)
     scope: Callable[[], AbstractContextManager[Any]] = nullcontext
     # stops the running units at once when the run is interrupted (given the reason), e.g.
     # kills their commands; by default they finish

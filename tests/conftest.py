@@ -3,8 +3,10 @@ session, and helpers to write pipeline configs into temporary repos."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -99,6 +101,19 @@ def escape_command(pid_file: Path) -> str:
     kill at the command's end cannot catch it before it is out."""
     return (f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 300' & "
             f"while [ ! -s {pid_file} ]; do sleep 0.01; done")  # fmt: skip
+
+
+def gone_or_killed(pid_file: Path) -> bool:
+    """Whether the process of `pid_file` is gone (or never started) within 5 s; killed
+    if not, so that a failing test leaves nothing running."""
+    if not pid_file.exists():
+        return True
+    pid = int(pid_file.read_text())
+    if wait_until_gone(pid):
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return False
 
 
 def wait_until_gone(pid: int, timeout: float = 5.0) -> bool:

@@ -1,4 +1,4 @@
-"""Processes that leave their command's process group, ended when their run ends."""
+"""Processes that leave their command's process group, ended when their scope ends."""
 
 from __future__ import annotations
 
@@ -11,33 +11,36 @@ from pathlib import Path
 
 import pytest
 
-from flows.commands import RunStop, run_command
-from flows.leftovers import MARKER_VAR, end_leftovers, find_leftovers, new_marker
+from flows.commands import run_command
+from flows.leftovers import MARKER_VAR, end_leftovers, find_leftovers, marked, new_marker
 from tests.conftest import escape_command, process_running, wait_for_file, wait_until_gone
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 
 
-def test_a_process_that_left_its_group_is_ended_with_its_run(tmp_path: Path) -> None:
-    stop, other_run = RunStop(), RunStop()
+def test_a_process_that_left_its_group_is_ended_with_its_marker(tmp_path: Path) -> None:
+    mine, other = new_marker(), new_marker()
     escaped, bystander = tmp_path / "escaped.pid", tmp_path / "bystander.pid"
-    for run, pid_file in ((stop, escaped), (other_run, bystander)):
-        outcome = run_command(escape_command(pid_file), cwd=tmp_path, env=os.environ,
-                              timeout=10, log_path=tmp_path / "log", stop=run)  # fmt: skip
+    for marker, pid_file in ((mine, escaped), (other, bystander)):
+        env = marked(os.environ, marker)
+        outcome = run_command(escape_command(pid_file), cwd=tmp_path, env=env, timeout=10,
+                              log_path=tmp_path / "log")  # fmt: skip
         assert outcome.ok
-    pid, other = int(wait_for_file(escaped)), int(wait_for_file(bystander))
+    pid, other_pid = int(wait_for_file(escaped)), int(wait_for_file(bystander))
     try:
         assert process_running(pid), "the command's group kill got it: nothing left to test"
 
-        ended = stop.end_leftovers()
+        ended = end_leftovers(mine)
 
         assert [leftover.pid for leftover in ended] == [pid]
         assert "sleep 300" in ended[0].command
         assert wait_until_gone(pid)
-        assert process_running(other), "another run's process was ended"
+        assert process_running(other_pid), "a process of another marker was ended"
     finally:
-        other_run.end_leftovers()
-    assert wait_until_gone(other)
+        end_leftovers(other)
+        for leftover in (pid, other_pid):
+            if process_running(leftover):
+                os.kill(leftover, signal.SIGKILL)
 
 
 def test_a_leftover_that_ignores_sigterm_is_killed_after_the_grace() -> None:
@@ -45,14 +48,14 @@ def test_a_leftover_that_ignores_sigterm_is_killed_after_the_grace() -> None:
     script = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
               "print('ready', flush=True); time.sleep(300)")  # fmt: skip
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, MARKER_VAR: marker})  # fmt: skip
+                             env=marked(os.environ, marker))  # fmt: skip
     try:
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
         started = time.monotonic()
 
         ended = end_leftovers(marker, grace=0.5)
 
-        assert [leftover.pid for leftover in ended] == [child.pid]
+        assert [leftover.pid for leftover in ended] == [child.pid]  # once, though killed
         assert child.wait(5) == -signal.SIGKILL
         assert 0.5 <= time.monotonic() - started < 5
     finally:
@@ -60,17 +63,47 @@ def test_a_leftover_that_ignores_sigterm_is_killed_after_the_grace() -> None:
         child.wait()
 
 
-def test_only_the_exact_marker_is_found() -> None:
-    marker = new_marker()
-    lookalikes = [f"{marker}x", marker[:-1], ""]
-    children = [subprocess.Popen(["sleep", "300"], env={**os.environ, MARKER_VAR: value})
-                for value in lookalikes]  # fmt: skip
-    children.append(subprocess.Popen(["sleep", "300"], env={**os.environ, "OTHER": marker}))
+def test_the_group_a_leftover_leads_is_ended_with_it(tmp_path: Path) -> None:
+    """A daemon's helpers may not carry the marker (they rewrote their environment, say):
+    they go with the group their marked leader leads."""
+    marker, helper_file = new_marker(), tmp_path / "helper.pid"
+    script = (
+        "import os, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"env = {{k: v for k, v in os.environ.items() if k != {MARKER_VAR!r}}}\n"
+        "helper = subprocess.Popen(['sleep', '300'], env=env)\n"
+        f"open({str(helper_file)!r}, 'w').write(str(helper.pid))\n"
+        "time.sleep(300)\n"
+    )
+    leader = subprocess.Popen([sys.executable, "-c", script], env=marked(os.environ, marker),
+                              start_new_session=True)  # fmt: skip
     try:
-        assert find_leftovers(marker) == []
-        assert end_leftovers(marker) == []
-        assert all(child.poll() is None for child in children)
+        helper = int(wait_for_file(helper_file))
+        assert [leftover.pid for leftover in find_leftovers(marker)] == [leader.pid]
+
+        end_leftovers(marker, grace=0.3)
+
+        assert leader.wait(5) == -signal.SIGKILL
+        assert wait_until_gone(helper)
     finally:
-        for child in children:
+        if leader.poll() is None:
+            os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+def test_markers_nest_and_only_the_exact_marker_is_found() -> None:
+    outer, inner = new_marker(), new_marker()
+    nested = subprocess.Popen(["sleep", "300"], env=marked(marked(os.environ, outer), inner))
+    lookalikes = [subprocess.Popen(["sleep", "300"], env={**os.environ, MARKER_VAR: value})
+                  for value in (f"{inner}x", inner[:-1], f"{inner};{outer}")]  # fmt: skip
+    elsewhere = subprocess.Popen(["sleep", "300"], env={**os.environ, "OTHER": inner})
+    try:
+        assert [leftover.pid for leftover in find_leftovers(inner)] == [nested.pid]
+        assert [leftover.pid for leftover in find_leftovers(outer)] == [nested.pid]
+        assert [leftover.pid for leftover in end_leftovers(outer)] == [nested.pid]
+        assert nested.wait(5) == -signal.SIGTERM
+        assert all(child.poll() is None for child in [*lookalikes, elsewhere])
+    finally:
+        for child in [nested, *lookalikes, elsewhere]:
             child.kill()
             child.wait()

@@ -34,6 +34,7 @@ from flows.fleet.testbed import (
 from flows.fleet.tracker import Labels, Tracker, TrackerError
 from flows.fleet.worker import FleetContext
 from flows.fleet.workspace import GitAuth, Mirror
+from flows.leftovers import new_marker
 from flows.logs import quiet_loggers
 
 
@@ -173,8 +174,10 @@ def fleet_context(
     report_dir: Path,
     claimant: str,
     heartbeat: Callable[[str, str, float], None],
+    marker: str | None = None,
 ) -> FleetContext:
-    """What every worker of one run shares; the workspace root made absolute."""
+    """What every worker of one run shares; the workspace root made absolute. `marker`:
+    the run's (flows/leftovers.py), when its issue processes share it; by default a new one."""
     settings = connection.settings
     root = Path(settings.workspace).resolve()
     return FleetContext(
@@ -187,4 +190,5 @@ def fleet_context(
         claimant=claimant,
         report_dir=report_dir,
         heartbeat=heartbeat,
+        marker=marker or new_marker(),
     )

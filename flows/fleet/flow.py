@@ -65,6 +65,7 @@ from flows.fleet.worker import (
     skipped_issue,
 )
 from flows.leader import LeaderPlan, heartbeat, lead, report_state
+from flows.leftovers import ending_leftovers
 from flows.logs import project_log_level
 from flows.report import Report, SetupSummary
 from flows.scheduler import build_tiers
@@ -106,7 +107,8 @@ def fleet_plan(
 
     `worker` names the one worker of a `resolve-issue` run instead of the slot names."""
     settings = connection.settings
-    ctx = fleet_context(connection, report_dir, claimant(), heartbeat)
+    marker = processes.marker if processes is not None else None  # one for all of the run
+    ctx = fleet_context(connection, report_dir, claimant(), heartbeat, marker)
     if issues is None and (requeued := requeue_if_enabled(connection)):
         print(f"put back in the queue (interrupted claims): {_numbers(requeued)}")
     found = connection.tracker.list_ready() if issues is None else issues
@@ -147,7 +149,9 @@ def fleet_plan(
         describe=_describe,
         tier_barriers=False,  # issues are independent: urgent first, but nobody waits
         notifications=settings.notifications,
-        scope=ctx.stop.scope,  # an issue process ends its own commands' leftovers
+        # each issue ends what its commands left running; the run, what is left of that
+        # (an issue process may have died)
+        scope=partial(ending_leftovers, ctx.marker),
         stop_units=stop_units,
     )
 

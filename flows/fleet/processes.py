@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any, NoReturn
@@ -49,7 +50,7 @@ from flows.fleet.config import FleetConfig
 from flows.fleet.connection import FleetCredentials, fleet_context, open_connection
 from flows.fleet.models import IssueResult
 from flows.fleet.worker import FleetContext, IssueUnit, resolve_issue
-from flows.leftovers import end_leftovers
+from flows.leftovers import end_leftovers, new_marker
 from flows.logs import show_project_logs
 from flows.secrecy import make_undumpable, without_secrets
 
@@ -78,10 +79,13 @@ class ProcessSpec:
     report_dir: Path
     claimant: str
     log_level: int  # the leader's LOG_LEVEL (logging.NOTSET: none)
+    # the run's (flows/leftovers.py): the leader ends what the children's commands left
+    # running, even those of a child that died
+    marker: str = field(default_factory=new_marker)
 
     def context(self, heartbeat: Heartbeat) -> FleetContext:
         connection = open_connection(self.settings, self.credentials, seed=False)
-        return fleet_context(connection, self.report_dir, self.claimant, heartbeat)
+        return fleet_context(connection, self.report_dir, self.claimant, heartbeat, self.marker)
 
 
 class IssueProcesses:
@@ -93,6 +97,11 @@ class IssueProcesses:
         self._children: list[_Child] = []
         self._lock = threading.Lock()
         self._closed = False
+
+    @property
+    def marker(self) -> str:
+        """The run's marker, which the children's commands carry (flows/leftovers.py)."""
+        return self._spec.marker
 
     def __enter__(self) -> IssueProcesses:
         return self
@@ -280,18 +289,19 @@ def serve() -> None:
     # SIG_IGN, so that the commands this process starts get the default back at exec.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: None)
+    make_undumpable()  # before the credentials arrive: commands cannot read them in /proc
+    spec: ProcessSpec = inbox.recv()
     send_lock = threading.Lock()
     stop = RunStop()
+    leader_gone = functools.partial(_leader_gone, stop, spec.marker)
 
     def send(*message: Any) -> None:
         try:
             with send_lock:
                 outbox.send(message)
         except OSError:
-            _leader_gone(stop)
+            leader_gone()
 
-    make_undumpable()  # before the credentials arrive: commands cannot read them in /proc
-    spec: ProcessSpec = inbox.recv()
     if spec.log_level:
         show_project_logs(spec.log_level)
     try:
@@ -310,42 +320,42 @@ def serve() -> None:
             send("error", job, f"{type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(spec.settings.workers, thread_name_prefix="issue") as threads:
-        while (message := _next_message(inbox, stop)) is not None:
+        while (message := _next_message(inbox, leader_gone)) is not None:
             if message[0] == STOP:
                 stop.stop(message[1])
             else:
                 threads.submit(run, *message)
         # closed: the issues in flight finish (leaving this block waits for them), unless
         # the leader dies meanwhile
-        threading.Thread(target=_exit_with_leader, args=(inbox, stop), daemon=True).start()
-    stop.end_leftovers()
+        threading.Thread(target=_exit_with_leader, args=(inbox, leader_gone), daemon=True).start()
 
 
-def _next_message(inbox: Pipe, stop: RunStop) -> Any:
+def _next_message(inbox: Pipe, leader_gone: Callable[[], NoReturn]) -> Any:
     try:
         return inbox.recv()
     except EOFError:  # the leader died without a word
-        _leader_gone(stop)
+        leader_gone()
 
 
-def _exit_with_leader(inbox: Pipe, stop: RunStop) -> None:
+def _exit_with_leader(inbox: Pipe, leader_gone: Callable[[], NoReturn]) -> None:
     """After the closing message (None) nothing more comes: a read returns only when the
     leader's end of the pipe closes, which it does after this process exited, or when it
     died."""
     with suppress(EOFError, OSError):
         inbox.recv()
-    _leader_gone(stop)
+    leader_gone()
 
 
-def _leader_gone(stop: RunStop) -> NoReturn:
+def _leader_gone(stop: RunStop, marker: str) -> NoReturn:
     """The leader is gone: so are its workers, as its threads would be, and whatever they
     run, killed now: agents' commands, checks, git calls (each in a session of its own,
-    they would outlive this process, and their timeouts with it)."""
+    they would outlive this process, and their timeouts with it), and what the run's
+    commands left running (no leader will end it)."""
     stop.stop("the leader is gone", at_once=True)  # no new command starts
     for child in psutil.Process().children():  # unreaped, each still holds its group's id
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
-    end_leftovers(stop.marker, grace=0)
+    end_leftovers(marker, grace=0)
     os._exit(LEADER_GONE_EXIT)
 
 

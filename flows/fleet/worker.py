@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +28,7 @@ from flows.fleet.models import AgentResult, Issue, IssueResult, PullRequest
 from flows.fleet.tools import Toolbox, scrubbed_env
 from flows.fleet.tracker import Tracker, TrackerError
 from flows.fleet.workspace import Mirror, Workspace, WorkspaceError, prepare_workspace
+from flows.leftovers import end_leftovers, marked, new_marker
 from flows.pipeline.matrix import build_matrix
 from flows.pipeline.setup import cache_env, cache_in_use, plan_setup, run_setup
 from flows.pipeline.worker import WorkerContext, run_task
@@ -70,6 +71,8 @@ class FleetContext:
     heartbeat: Callable[[str, str, float], None] = field(default=lambda *_: None)
     # the run was interrupted: agents stop (a model call is cut short), commands are killed
     stop: RunStop = field(default_factory=RunStop)
+    # in the environment of every command of the run (flows/leftovers.py)
+    marker: str = field(default_factory=new_marker)
 
     @property
     def root(self) -> Path:
@@ -132,6 +135,10 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
         log(traceback.format_exc().rstrip())  # the details stay in the fleet's own log
         _fail(run, f"internal error ({exc.__class__.__name__}); see the fleet's log of it")
     finally:
+        with outcome.stage("cleanup"):  # before their workspace goes
+            ended = end_leftovers(run.marker)
+        if ended:
+            log(f"ended what the issue's commands left running: {', '.join(map(str, ended))}")
         if workspace is not None and (
             outcome.status == "succeeded" or not ctx.settings.keep_failed_workspaces
         ):
@@ -170,6 +177,12 @@ class _IssueRun:
     meter: CostMeter
     log: _IssueLog
     outcome: _Outcome = field(default_factory=_Outcome)
+    marker: str = field(default_factory=new_marker)  # the issue's, beside the run's
+
+    def command_env(self) -> dict[str, str]:
+        """What the issue's commands get added to their environment: the markers by which
+        what they leave running is found when the issue (or its run) ends."""
+        return marked({}, self.ctx.marker, self.marker)
 
     def beat(self, activity: str) -> None:
         self.ctx.heartbeat(self.worker, f"{self.issue.name}: {activity}", self.meter.total_usd)
@@ -203,7 +216,7 @@ def _implement(run: _IssueRun, workspace: Workspace) -> tuple[AgentResult, Check
             return AgentResult(ok=False, error="the agent changed no file"), checks
         summaries.append(agent.summary.strip() or "(no summary)")
         with run.stage("checks"):
-            checks = run_checks(workspace.path, ctx, run.issue)
+            checks = run_checks(workspace.path, ctx, run.issue, run.command_env())
         run.log(f"checks after round {revision + 1}: {'passed' if checks.passed else 'failed'}")
         if checks.passed:
             break
@@ -225,7 +238,7 @@ def _run_agent_with_retries(
             workspace.restore(start)
         run.outcome.attempts += 1
         toolbox = Toolbox(workspace.path, command_timeout=settings.command_timeout,
-                          stop=ctx.stop)  # fmt: skip
+                          env=run.command_env(), stop=ctx.stop)  # fmt: skip
         try:
             result = run_agent(
                 ctx.model_for(issue), toolbox, build_task_prompt(issue, failures),
@@ -248,9 +261,12 @@ def _run_agent_with_retries(
     raise AssertionError("unreachable")
 
 
-def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
+def run_checks(
+    workdir: Path, ctx: FleetContext, issue: Issue, extra_env: Mapping[str, str] | None = None
+) -> CheckReport:
     """The repository's own pipeline config, run in the workspace (no secrets in its env;
-    a throwaway HOME, so that the caches and logs tools keep there stay out of the PR)."""
+    a throwaway HOME, so that the caches and logs tools keep there stay out of the PR);
+    `extra_env` is added to its commands' environment (the issue's markers)."""
     if ctx.settings.checks_config is None:
         return CheckReport(True, "no checks configured")
     config_path = workdir / ctx.settings.checks_config
@@ -267,7 +283,7 @@ def run_checks(workdir: Path, ctx: FleetContext, issue: Issue) -> CheckReport:
         tempfile.TemporaryDirectory(prefix="fleet-checks-", ignore_cleanup_errors=True) as home,
         cache_in_use(setup),
     ):
-        env = cache_env(setup, scrubbed_env(os.environ, home=Path(home)))
+        env = cache_env(setup, scrubbed_env(os.environ, home=Path(home), extra=extra_env))
         if setup is not None:
             summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log",
                                 stop=ctx.stop)  # fmt: skip

@@ -11,9 +11,9 @@ from typing import Any
 
 from prefect import State, flow
 
-from flows.commands import RunStop
 from flows.config import load_config, resolve_folder
 from flows.leader import LeaderPlan, lead, report_state
+from flows.leftovers import ending_leftovers, marked, new_marker
 from flows.pipeline.matrix import Matrix, TaskSpec, build_matrix
 from flows.pipeline.setup import SetupPlan, cache_env, cache_in_use, plan_setup, run_setup
 from flows.pipeline.worker import WorkerContext, crashed_result, run_task, skipped_result
@@ -41,9 +41,10 @@ def pipeline_plan(
         report_dir = resolve_folder(report_dir, *report_dir_given_as)
     else:
         report_dir = resolve_folder(default_report_dir(matrix.workdir), config_path, "workdir")
+    marker = new_marker()  # what the run's commands leave running is ended with the run
     ctx = WorkerContext(
         workdir=matrix.workdir,
-        env=cache_env(setup, os.environ),
+        env=marked(cache_env(setup, os.environ), marker),
         report_dir=report_dir,
         rss=RssSampler(),
     )
@@ -63,17 +64,17 @@ def pipeline_plan(
         else None,
         describe=lambda spec: spec.command_text,
         notifications=config.notifications,
-        scope=lambda: _scope(setup, ctx.stop),
+        scope=lambda: _scope(setup, marker),
         stop_units=ctx.stop.stop,
     )
     return matrix, plan
 
 
 @contextmanager
-def _scope(setup: SetupPlan | None, stop: RunStop) -> Iterator[None]:
-    """The setup cache held from the setup to the last task; then what the tasks'
-    commands left running, ended."""
-    with stop.scope(), cache_in_use(setup):
+def _scope(setup: SetupPlan | None, marker: str) -> Iterator[None]:
+    """The setup cache held from the setup to the last task, and beyond, until what the
+    run's commands left running (which may use it) is ended."""
+    with cache_in_use(setup), ending_leftovers(marker):
         yield
 
 
