@@ -482,11 +482,30 @@ def _json_table(rows: list[dict[str, Any]]) -> str:
 # --- the server -------------------------------------------------------------------------
 
 
-def flow_run_url(flow_run_id: UUID | str | None) -> str | None:
+# Where `prefect server start` serves its UI by default.
+DEFAULT_UI_URL = "http://127.0.0.1:4200"
+# The UI of the server `local_server` runs, while it does: its links end with it.
+_temporary_ui: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "temporary_ui", default=None
+)
+
+
+def flow_run_url(flow_run_id: UUID | str | None, *, lasting: bool = False) -> str | None:
+    """The flow run's page in the Prefect UI. `lasting`: a link meant to be opened after
+    this process ended (a notification's): for a run on the temporary local server, the
+    page of `prefect server start`, which serves the same database."""
     ui = PREFECT_UI_URL.value()
     if not ui or not flow_run_id:
         return None
+    if lasting and ui == _temporary_ui.get():
+        ui = DEFAULT_UI_URL
     return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def on_temporary_server() -> bool:
+    """Whether runs go to the server `local_server` started (it stops with this process)."""
+    ui = _temporary_ui.get()
+    return ui is not None and ui == PREFECT_UI_URL.value()
 
 
 def api_configured() -> bool:
@@ -565,9 +584,11 @@ def local_server(
     try:
         wait_for_api(f"{url}/api", startup_timeout, process)
         with temporary_settings(updates={PREFECT_API_URL: f"{url}/api", PREFECT_UI_URL: url}):
+            temporary = _temporary_ui.set(url)
             try:
                 yield url
             finally:
+                _temporary_ui.reset(temporary)
                 drain_prefect_workers()  # before the server goes away
     finally:
         # the server and its children (the API runs in a uvicorn subprocess)

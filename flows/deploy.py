@@ -445,7 +445,7 @@ def print_summary(report: Report, report_dir: Path, temporary_ui: bool) -> None:
     if temporary_ui:
         print(
             "   history is kept in the Prefect database: run `prefect server start` and open "
-            "http://127.0.0.1:4200 to browse it"
+            f"{_prefect.DEFAULT_UI_URL} to browse it"
         )
 
 

@@ -200,7 +200,9 @@ def report_state(report: Report) -> State[Any]:
 def _notify(report: Report, notifications: Notifications) -> None:
     """Send the outcome to the configured channels; a failed delivery is only a warning,
     in the run's logs (the UI) and on the terminal (which shows no run log lines)."""
-    problems = notify(report, notifications, _prefect.flow_run_url(report.flow_run_id))
+    link = _prefect.flow_run_url(report.flow_run_id, lasting=True)
+    after = "`prefect server start`" if _prefect.on_temporary_server() else None
+    problems = notify(report, notifications, link, after)
     for problem in problems:
         get_run_logger().warning(problem)
         log.warning(problem)

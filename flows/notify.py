@@ -139,8 +139,9 @@ def title_values(report: Report) -> dict[str, object]:
     }
 
 
-def render_body(report: Report, link: str | None = None) -> str:
-    """A short markdown summary: counts, wall time, cost, failed units, the Prefect link."""
+def render_body(report: Report, link: str | None = None, link_after: str | None = None) -> str:
+    """A short markdown summary: counts, wall time, cost, failed units, the Prefect link
+    (and what opens it, `link_after`, when it does not work by itself)."""
     s = report.summary
     facts = [f"Wall time {report.wall_s:.1f}s"]
     if s.cost_usd is not None:
@@ -162,12 +163,19 @@ def render_body(report: Report, link: str | None = None) -> str:
         if len(failures) > MAX_LISTED_FAILURES:
             lines.append(f"- and {len(failures) - MAX_LISTED_FAILURES} more")
     if link:
-        lines += ["", f"[Open the run in Prefect]({link})"]
+        after = f" (after {link_after})" if link_after else ""
+        lines += ["", f"[Open the run in Prefect]({link}){after}"]
     return "\n".join(lines)
 
 
-def notify(report: Report, settings: Notifications, link: str | None = None) -> list[str]:
-    """Send one message per URL when the run's outcome is in `settings.on`.
+def notify(
+    report: Report,
+    settings: Notifications,
+    link: str | None = None,
+    link_after: str | None = None,
+) -> list[str]:
+    """Send one message per URL when the run's outcome is in `settings.on`, with the run's
+    `link` (see `render_body`).
 
     Returns one line per failed delivery ("notification 2 of 3 failed: ..."), never the URL;
     an empty list when everything was sent or nothing had to be."""
@@ -175,7 +183,7 @@ def notify(report: Report, settings: Notifications, link: str | None = None) -> 
     if outcome not in settings.on:
         return []
     title = render_title(report, settings.title)
-    body = render_body(report, link)
+    body = render_body(report, link, link_after)
     total = len(settings.urls)
     errors: list[str] = []
     for index, url in enumerate(settings.urls, start=1):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from flows._prefect import DEFAULT_UI_URL, flow_run_url, on_temporary_server
 from flows.config import ConfigError, load_config
 from flows.fleet.config import load_fleet_config
 from flows.notify import Notifications, notify, render_body, render_title
@@ -248,3 +249,18 @@ def test_pipeline_and_fleet_runs_notify_the_configured_endpoint(
     assert "broken" in pipeline_message["message"]
     assert "/runs/flow-run/" in pipeline_message["message"]  # the UI link
     assert "fleet" in fleet_message["title"] and "1/1" in fleet_message["title"]
+
+
+def test_a_run_on_the_temporary_server_is_linked_where_it_stays(prefect_server: str) -> None:
+    """The CLI's temporary server (as the tests' own) stops with its process: a
+    notification links the page `prefect server start` serves from the same database, and
+    says so; the live link is the temporary server's."""
+    ui = prefect_server.removesuffix("/api")
+    assert on_temporary_server()
+    assert flow_run_url("abc") == f"{ui}/runs/flow-run/abc"
+    assert flow_run_url("abc", lasting=True) == f"{DEFAULT_UI_URL}/runs/flow-run/abc"
+    body = render_body(SUCCESS, flow_run_url("abc", lasting=True), "`prefect server start`")
+    assert body.endswith(
+        f"[Open the run in Prefect]({DEFAULT_UI_URL}/runs/flow-run/abc) "
+        "(after `prefect server start`)"
+    )
