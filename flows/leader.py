@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,7 +112,8 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
     for observer in observers:
         observer.run_started(str(flow_run_id) if flow_run_id else None)
     try:
-        with plan.scope():
+        with ExitStack() as scope:
+            scope.enter_context(plan.scope())
             setup, interruption = _setup_unless_interrupted(plan, clock)
             if setup.status == "failed":
                 why = interrupt_reason(interruption) if interruption else "setup failed"
@@ -120,6 +121,7 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
                 timings: list[TierTiming] = []
             else:
                 results, timings, interruption = _run_tiers(plan, [progress, *observers])
+            interruption = _leave(scope, interruption)
         wall_s = time.perf_counter() - clock
         report = Report(
             kind=plan.kind,
@@ -140,6 +142,19 @@ def lead(plan: LeaderPlan[U, R]) -> Report:
         return report
     finally:
         _prefect.release_publisher(publisher)
+
+
+def _leave(scope: ExitStack, interruption: BaseException | None) -> BaseException | None:
+    """Leave the run's scope, which may take seconds (ending what the units' commands left
+    running): an interrupt meanwhile is kept, like one during the units, to raise once the
+    report is out."""
+    try:
+        scope.close()
+    except Exception:
+        raise
+    except BaseException as exc:
+        return interruption or exc
+    return interruption
 
 
 def _setup_unless_interrupted(

@@ -10,11 +10,11 @@ SIGKILL after a grace period, each with the process group it leads.
 The variable holds a comma-separated list, so that a command of a nested scope (an issue
 of a fleet run, a pipeline run by a task of another) carries the outer markers too.
 
-Limits: a process that rewrites its environment's memory (redis-server's process title
-does), or that only root may read (ssh-agent is not dumpable), is not found by its marker:
-it is ended only with the process group of one that is. A process meant to outlive its
-scope is started without the variable (`env -u PARALLEL_AGENTS_RUN_MARKER ...`). Without
-/proc (not Linux), nothing is found.
+Limits: a process that leaves its group and also rewrites its environment's memory is not
+found (`redis-server --daemonize yes` does both): started in the foreground under a shell
+that stays (`setsid sh -c 'redis-server; :' &`), it goes with that shell's group. A process
+meant to outlive its scope is started without the variable (`env -u
+PARALLEL_AGENTS_RUN_MARKER ...`). Without /proc (not Linux), nothing is found.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.interrupts import SIGNAL_CHECK_S
+
 log = logging.getLogger(__name__)
 
 MARKER_VAR = "PARALLEL_AGENTS_RUN_MARKER"
 PROC = Path("/proc")
 END_GRACE_SECONDS = 3.0
 KILL_WAIT_SECONDS = 1.0  # for SIGKILLed processes to be gone before a scan looks again
-WAIT_SLICE_SECONDS = 0.2  # the main thread's waits end this often (flows/interrupts.py)
 MAX_ROUNDS = 3  # what ended processes started meanwhile is ended too, a few times over
 
 
@@ -61,27 +62,44 @@ class Leftover:
 
 @contextlib.contextmanager
 def ending_leftovers(marker: str) -> Iterator[None]:
-    """On leaving the block, end the processes that carry `marker` (never raises for it:
-    what the block raised, or its result, matters more)."""
+    """On leaving the block, end the processes that carry `marker` (started in the block)."""
+    since = last_pid()
     try:
         yield
     finally:
-        try:
-            end_leftovers(marker)
-        except Exception:
-            log.exception("could not end the processes left running with marker %s", marker)
+        end_leftovers(marker, since)
 
 
-def end_leftovers(marker: str, grace: float = END_GRACE_SECONDS) -> list[Leftover]:
+def last_pid() -> int | None:
+    """The last process id the system gave out (None: not known here). A process that
+    carries a marker started after the marker was made, so its id was given out after the
+    marker's scope began: `end_leftovers` reads the environment of those alone."""
+    try:
+        return int((PROC / "sys/kernel/ns_last_pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def end_leftovers(
+    marker: str, since: int | None = None, grace: float = END_GRACE_SECONDS
+) -> list[Leftover]:
     """End the processes that carry `marker` and the groups they lead, logging which; each
-    process found, once, in the order found."""
+    process found, once, in the order found. `since`: `last_pid()` before the marker was
+    handed out, if known. Never raises an error (logged instead): what the scope did
+    matters more than its cleanup."""
     ended: dict[int, Leftover] = {}
-    for _ in range(MAX_ROUNDS):
-        found = [leftover for leftover in find_leftovers(marker) if leftover.pid not in ended]
-        if not found:
-            break
-        ended.update((leftover.pid, leftover) for leftover in found)
-        _end(marker, [leftover.pid for leftover in found], grace)
+    try:
+        for _ in range(MAX_ROUNDS):
+            found = [f for f in find_leftovers(marker, since) if f.pid not in ended]
+            if not found:
+                break
+            ended.update((leftover.pid, leftover) for leftover in found)
+            _end(marker, [leftover.pid for leftover in found], grace)
+        else:
+            if still := find_leftovers(marker, since):
+                log.warning("still running after %d rounds: %s", MAX_ROUNDS, still)
+    except Exception:
+        log.exception("could not end the processes left running with marker %s", marker)
     if ended:
         what = "1 process" if len(ended) == 1 else f"{len(ended)} processes"
         log.warning(
@@ -91,16 +109,25 @@ def end_leftovers(marker: str, grace: float = END_GRACE_SECONDS) -> list[Leftove
     return list(ended.values())
 
 
-def find_leftovers(marker: str, proc: Path = PROC) -> list[Leftover]:
-    """The processes (other than this one) whose environment carries `marker`."""
+def find_leftovers(marker: str, since: int | None = None) -> list[Leftover]:
+    """The processes (other than this one) whose environment carries `marker`; with
+    `since` (see `last_pid`), only those among the processes started after it."""
+    if not marker:
+        return []
     try:
-        names = os.listdir(proc)
+        pids = [int(name) for name in os.listdir(PROC) if name.isdigit()]
     except OSError:
         return []
+    now = last_pid() if since is not None else None
+    if since is not None and now is not None:
+        if now >= since:  # ids are given out in order, and start again from low ones
+            pids = [pid for pid in pids if since < pid <= now]
+        else:
+            pids = [pid for pid in pids if pid > since or pid <= now]
     return [
-        Leftover(int(name), _command_line(proc / name))
-        for name in names
-        if name.isdigit() and int(name) != os.getpid() and _carries(proc / name, marker)
+        Leftover(pid, _command_line(PROC / str(pid)))
+        for pid in pids
+        if pid != os.getpid() and _carries(PROC / str(pid), marker)
     ]
 
 
@@ -120,12 +147,15 @@ class _Held:
             self.leads_group = self.alive and os.getpgid(pid) == pid
 
     def signal(self, sig: signal.Signals) -> None:
+        """Signal it, and the group it led: the group's id is not reused while the group
+        has members, even once its leader has exited."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self.leads_group:  # its group's id is its pid: not reused while it runs
+            if self.leads_group:
                 os.killpg(self.pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, sig)
-            else:
+            elif _carries(PROC / str(self.pid), self.marker):
                 os.kill(self.pid, sig)
 
     def close(self) -> None:
@@ -146,8 +176,9 @@ def _end(marker: str, pids: list[int], grace: float) -> None:
         running = _wait_for_exit(running, grace)
     finally:
         try:
-            for process in running:
-                process.signal(signal.SIGKILL)
+            for process in held:
+                if process in running or process.leads_group:  # its group may outlive it
+                    process.signal(signal.SIGKILL)
             _wait_for_exit(running, KILL_WAIT_SECONDS)
         finally:
             for process in held:
@@ -164,7 +195,7 @@ def _wait_for_exit(processes: list[_Held], timeout: float) -> list[_Held]:
         for process in running:
             if process.pidfd is not None:
                 poll.register(process.pidfd, select.POLLIN)
-        exited = {fd for fd, _ in poll.poll(min(left, WAIT_SLICE_SECONDS) * 1000)}
+        exited = {fd for fd, _ in poll.poll(min(left, SIGNAL_CHECK_S) * 1000)}
         running = [
             process
             for process in running
@@ -191,5 +222,5 @@ def _carries(process: Path, marker: str) -> bool:
 def _command_line(process: Path) -> str:
     with contextlib.suppress(OSError):
         argv = (process / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        return " ".join(arg.decode(errors="replace") for arg in argv)[:200]
+        return " ".join(" ".join(arg.decode(errors="replace").split()) for arg in argv)[:200]
     return "?"

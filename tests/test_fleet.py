@@ -284,11 +284,11 @@ def test_local_mode_through_real_clients(
 
 
 @pytest.mark.parametrize("processes", [0, 1], ids=["threads", "issue-process"])
-def test_a_daemon_an_agent_started_is_ended_with_the_run(
+def test_a_daemon_an_agent_started_is_ended_with_its_issue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int
 ) -> None:
     """The agent starts a daemon (`setsid`), which outlives its command (a later command
-    sees it) but not the run, whether issues run in this process or in an issue process."""
+    sees it) but not its issue, whether issues run in this process or in an issue process."""
     remote = bare_repo(tmp_path / "remote.git")
     pid_file, alive = tmp_path / "daemon.pid", tmp_path / "alive"
     still_there = f"kill -0 $(cat {pid_file}) && touch {alive}"
@@ -296,7 +296,7 @@ def test_a_daemon_an_agent_started_is_ended_with_the_run(
             FakeAnthropic(api_key="k") as claude:  # fmt: skip
         for label in ("ready-for-dev", "in-progress", "ai-review", "ai-failed"):
             github.add_label(label)
-        github.add_issue("Add a greeting file", "Please add hello.txt", ["ready-for-dev"])
+        number = github.add_issue("Add a greeting file", "Please add hello.txt", ["ready-for-dev"])
         claude.add(
             tool_turn("run_command", {"argv": ["sh", "-c", escape_command(pid_file)]}),
             tool_turn("run_command", {"argv": ["sh", "-c", still_there]}),
@@ -318,6 +318,9 @@ def test_a_daemon_an_agent_started_is_ended_with_the_run(
     assert gone_or_killed(pid_file)
     assert isinstance(report, Report) and report.ok, report
     assert alive.exists(), "the daemon did not outlive its command: nothing left to test"
+    issue_log = (tmp_path / "report" / "logs" / f"issue-{number}.log").read_text()
+    daemon = int(pid_file.read_text())
+    assert f"ended what the issue's commands left running: {daemon} (sleep 300)" in issue_log
 
 
 @pytest.mark.parametrize("processes", [0, 2], ids=["threads", "issue-processes"])

@@ -12,10 +12,28 @@ from pathlib import Path
 import pytest
 
 from flows.commands import run_command
-from flows.leftovers import MARKER_VAR, end_leftovers, find_leftovers, marked, new_marker
+from flows.leftovers import (
+    MARKER_VAR,
+    end_leftovers,
+    find_leftovers,
+    last_pid,
+    marked,
+    new_marker,
+)
 from tests.conftest import escape_command, process_running, wait_for_file, wait_until_gone
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+
+
+def started(*argv: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A process, once its environment can be read: for a moment after `execve` returns
+    to the parent, the kernel has not told /proc where the new one lies yet."""
+    process = subprocess.Popen(list(argv), env=env)
+    deadline = time.monotonic() + 5
+    while not Path(f"/proc/{process.pid}/environ").read_bytes():
+        assert time.monotonic() < deadline, "its environment never became readable"
+        time.sleep(0.001)
+    return process
 
 
 def test_a_process_that_left_its_group_is_ended_with_its_marker(tmp_path: Path) -> None:
@@ -27,6 +45,10 @@ def test_a_process_that_left_its_group_is_ended_with_its_marker(tmp_path: Path) 
                               log_path=tmp_path / "log")  # fmt: skip
         assert outcome.ok
     pid, other_pid = int(wait_for_file(escaped)), int(wait_for_file(bystander))
+    deadline = time.monotonic() + 5
+    while not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"):  # exec'd
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
     try:
         assert process_running(pid), "the command's group kill got it: nothing left to test"
 
@@ -93,7 +115,7 @@ def test_the_group_a_leftover_leads_is_ended_with_it(tmp_path: Path) -> None:
 
 def test_markers_nest_and_only_the_exact_marker_is_found() -> None:
     outer, inner = new_marker(), new_marker()
-    nested = subprocess.Popen(["sleep", "300"], env=marked(marked(os.environ, outer), inner))
+    nested = started("sleep", "300", env=marked(marked(os.environ, outer), inner))
     lookalikes = [subprocess.Popen(["sleep", "300"], env={**os.environ, MARKER_VAR: value})
                   for value in (f"{inner}x", inner[:-1], f"{inner};{outer}")]  # fmt: skip
     elsewhere = subprocess.Popen(["sleep", "300"], env={**os.environ, "OTHER": inner})
@@ -105,5 +127,22 @@ def test_markers_nest_and_only_the_exact_marker_is_found() -> None:
         assert all(child.poll() is None for child in [*lookalikes, elsewhere])
     finally:
         for child in [nested, *lookalikes, elsewhere]:
+            child.kill()
+            child.wait()
+
+
+def test_only_processes_started_since_are_read() -> None:
+    """`since` (the last process id given out when the scope began) skips the processes
+    that were already running: none of them can carry a marker made after they started."""
+    marker = new_marker()
+    before = started("sleep", "300", env=marked(os.environ, marker))
+    since = last_pid()
+    after = started("sleep", "300", env=marked(os.environ, marker))
+    try:
+        assert since is not None
+        assert [leftover.pid for leftover in find_leftovers(marker, since)] == [after.pid]
+        assert {leftover.pid for leftover in find_leftovers(marker)} == {before.pid, after.pid}
+    finally:
+        for child in (before, after):
             child.kill()
             child.wait()

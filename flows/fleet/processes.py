@@ -352,11 +352,13 @@ def _leader_gone(stop: RunStop, marker: str) -> NoReturn:
     they would outlive this process, and their timeouts with it), and what the run's
     commands left running (no leader will end it)."""
     stop.stop("the leader is gone", at_once=True)  # no new command starts
-    for child in psutil.Process().children():  # unreaped, each still holds its group's id
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)
-    end_leftovers(marker, grace=0)
-    os._exit(LEADER_GONE_EXIT)
+    try:
+        for child in psutil.Process().children():  # unreaped, each holds its group's id
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+        end_leftovers(marker, grace=0)
+    finally:
+        os._exit(LEADER_GONE_EXIT)
 
 
 def _child_env() -> dict[str, str]:

@@ -28,7 +28,14 @@ from flows.fleet.models import AgentResult, Issue, IssueResult, PullRequest
 from flows.fleet.tools import Toolbox, scrubbed_env
 from flows.fleet.tracker import Tracker, TrackerError
 from flows.fleet.workspace import Mirror, Workspace, WorkspaceError, prepare_workspace
-from flows.leftovers import end_leftovers, marked, new_marker
+from flows.leftovers import (
+    MARKER_VAR,
+    end_leftovers,
+    ending_leftovers,
+    last_pid,
+    marked,
+    new_marker,
+)
 from flows.pipeline.matrix import build_matrix
 from flows.pipeline.setup import cache_env, cache_in_use, plan_setup, run_setup
 from flows.pipeline.worker import WorkerContext, run_task
@@ -135,14 +142,12 @@ def resolve_issue(unit: IssueUnit, worker: str, ctx: FleetContext) -> IssueResul
         log(traceback.format_exc().rstrip())  # the details stay in the fleet's own log
         _fail(run, f"internal error ({exc.__class__.__name__}); see the fleet's log of it")
     finally:
-        with outcome.stage("cleanup"):  # before their workspace goes
-            ended = end_leftovers(run.marker)
-        if ended:
-            log(f"ended what the issue's commands left running: {', '.join(map(str, ended))}")
-        if workspace is not None and (
-            outcome.status == "succeeded" or not ctx.settings.keep_failed_workspaces
-        ):
-            with run.stage("cleanup"):
+        with run.stage("cleanup"):
+            if ended := end_leftovers(run.marker, run.since):  # before the workspace goes
+                log(f"ended what the issue's commands left running: {', '.join(map(str, ended))}")
+            if workspace is not None and (
+                outcome.status == "succeeded" or not ctx.settings.keep_failed_workspaces
+            ):
                 workspace.cleanup()
                 with suppress(OSError):  # the worker's folder, once it holds nothing more
                     os.rmdir(workspace.path.parent)
@@ -178,11 +183,13 @@ class _IssueRun:
     log: _IssueLog
     outcome: _Outcome = field(default_factory=_Outcome)
     marker: str = field(default_factory=new_marker)  # the issue's, beside the run's
+    since: int | None = field(default_factory=last_pid)  # (see flows/leftovers.py)
 
     def command_env(self) -> dict[str, str]:
         """What the issue's commands get added to their environment: the markers by which
         what they leave running is found when the issue (or its run) ends."""
-        return marked({}, self.ctx.marker, self.marker)
+        outer = {MARKER_VAR: os.environ.get(MARKER_VAR, "")}  # a run that runs this one
+        return marked(outer, self.ctx.marker, self.marker)
 
     def beat(self, activity: str) -> None:
         self.ctx.heartbeat(self.worker, f"{self.issue.name}: {activity}", self.meter.total_usd)
@@ -279,11 +286,14 @@ def run_checks(
     except ConfigError as exc:
         return CheckReport(False, f"invalid checks config: {exc}")
     report_dir = ctx.report_dir / "checks" / issue.name
+    marker = new_marker()  # what the checks leave running goes before their HOME and cache
     with (
         tempfile.TemporaryDirectory(prefix="fleet-checks-", ignore_cleanup_errors=True) as home,
         cache_in_use(setup),
+        ending_leftovers(marker),
     ):
-        env = cache_env(setup, scrubbed_env(os.environ, home=Path(home), extra=extra_env))
+        extra = marked(extra_env or {}, marker)
+        env = cache_env(setup, scrubbed_env(os.environ, home=Path(home), extra=extra))
         if setup is not None:
             summary = run_setup(setup, matrix.workdir, env, report_dir / "logs" / "setup.log",
                                 stop=ctx.stop)  # fmt: skip
