@@ -97,7 +97,8 @@ def end_leftovers(
             _end(marker, [leftover.pid for leftover in found], grace)
         else:
             if still := find_leftovers(marker, since):
-                log.warning("still running after %d rounds: %s", MAX_ROUNDS, still)
+                log.warning("still running after %d rounds: %s", MAX_ROUNDS,
+                            ", ".join(map(str, still)))  # fmt: skip
     except Exception:
         log.exception("could not end the processes left running with marker %s", marker)
     if ended:
