@@ -497,7 +497,7 @@ def flow_run_url(flow_run_id: UUID | str | None, *, lasting: bool = False) -> st
     ui = PREFECT_UI_URL.value()
     if not ui or not flow_run_id:
         return None
-    if lasting and ui == _temporary_ui.get():
+    if lasting and on_temporary_server():
         ui = DEFAULT_UI_URL
     return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
